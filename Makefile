@@ -1,0 +1,44 @@
+# Med-ST book and library. `make book` builds the book, `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PROFILE ?= cpu
+BUILD  ?= _build
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: venv test test-fast book execute html reproduce bench clean
+
+venv: $(VENV)/.installed
+
+# Torch first (the pinned release lies on the project's machines' disk), then the
+# package with loose ranges so that Colab and other environments keep their torch.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_PINS)
+	$(PY) -m pip install --quiet -e ".[dev,book,offline-text]"
+	touch $@
+
+test: venv
+	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q tests -m "not notebooks"
+
+# Execute every chapter with papermill under $(PROFILE), then render with Jupyter Book.
+execute: venv
+	$(PY) -m medst.book execute --profile $(PROFILE) --out $(BUILD)/executed
+
+html: venv
+	$(PY) -m medst.book html --executed $(BUILD)/executed --out $(BUILD)
+
+book: execute html
+
+reproduce: PROFILE = gpu
+reproduce: book
+
+bench: venv
+	$(VENV)/bin/medst bench --profile $(PROFILE)
+
+clean:
+	rm -rf $(BUILD) .pytest_cache

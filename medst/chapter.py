@@ -1,0 +1,149 @@
+"""What every chapter does first: read its parameters, find or make its data, pick a device.
+
+A chapter's ``parameters`` cell sets ``profile``, ``data_dir``, ``seed`` and ``device``; its next cell calls
+:func:`setup`. Everything a chapter produces lives under ``data_dir`` (the phantom, the prepared index, the
+tokenizer, runs), so chapters share nothing but files::
+
+    ctx = medst.chapter.setup(profile, data_dir, seed, device)
+    loader = ctx.loader("train")
+
+The phantom and the prepared index are made on first use and reused afterwards (a stamp file records the
+arguments they were made with; other arguments make them again).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medst.train.config import Config, load_profile
+
+STAMP = ".medst-complete.json"
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab (the chapters' install cell runs only there)."""
+    return "google.colab" in sys.modules
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA when available, then Apple's MPS, else the CPU."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _stamped(folder: Path, args: dict[str, Any]) -> bool:
+    stamp = folder / STAMP
+    return stamp.exists() and json.loads(stamp.read_text()) == args
+
+
+def _stamp(folder: Path, args: dict[str, Any]) -> None:
+    (folder / STAMP).write_text(json.dumps(args, sort_keys=True))
+
+
+@dataclass
+class Chapter:
+    """A chapter's context: its profile's configuration, folders and device."""
+
+    profile: str
+    cfg: Config
+    data_dir: Path
+    seed: int
+    device: torch.device
+    _tokenizer: Any = field(default=None, repr=False)
+
+    # -- data ---------------------------------------------------------------------------------------
+    @property
+    def phantom_dir(self) -> Path:
+        """The phantom of this profile (``medst synth``), generated on first use."""
+        from medst.data.phantom import synthesize
+
+        folder = self.data_dir / f"phantom-{self.profile}"
+        args = {"patients": self.cfg.data.patients, "image_size": self.cfg.data.phantom_size, "seed": self.seed}
+        if not _stamped(folder, args):
+            shutil.rmtree(folder, ignore_errors=True)
+            synthesize(folder, n_patients=args["patients"], image_size=args["image_size"], seed=self.seed)
+            _stamp(folder, args)
+        return folder
+
+    @property
+    def mimic_root(self) -> Path:
+        """The phantom's MIMIC-CXR-JPG tree; point this at a real MIMIC-CXR-JPG root to use real data."""
+        return self.phantom_dir / "mimic-cxr-jpg"
+
+    @property
+    def prepared_dir(self) -> Path:
+        """The pre-training index (``medst prepare``) with its resized image cache, made on first use."""
+        from medst.data.mimic import prepare
+
+        root = self.mimic_root
+        folder = self.data_dir / f"prepared-{self.profile}"
+        args = {"mimic_root": str(root.resolve()), "cache_size": self.cfg.data.cache_size,
+                "sequence_length": self.cfg.data.sequence_length}
+        if not _stamped(folder, args):
+            shutil.rmtree(folder, ignore_errors=True)
+            prepare(root, folder, cache_size=args["cache_size"], sequence_length=args["sequence_length"])
+            _stamp(folder, args)
+        return folder
+
+    def run_dir(self, name: str) -> Path:
+        """A folder for a run's outputs under ``data_dir/runs``."""
+        path = self.data_dir / "runs" / f"{name}-{self.profile}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- text and loaders ---------------------------------------------------------------------------
+    def build_tokenizer(self):
+        """The profile's tokenizer (trained on the training reports for the ``tiny`` text tower)."""
+        if self._tokenizer is None:
+            from medst.models.build import build_tokenizer
+
+            self._tokenizer = build_tokenizer(self.cfg, self.prepared_dir,
+                                              cache_dir=self.data_dir / f"tokenizer-{self.profile}")
+        return self._tokenizer
+
+    def loader(self, split: str = "train", *, train: bool | None = None, **overrides):
+        """A DataLoader of typed batches (S sequences of L studies, then singles) for ``split``."""
+        from medst.data.dataset import make_loader
+
+        cfg = self.cfg
+        train = split == "train" if train is None else train
+        kwargs = dict(split=split, image_size=cfg.data.image_size, sequences_per_batch=cfg.train.sequences_per_batch,
+                      singles_per_batch=cfg.train.singles_per_batch, train=train, num_workers=cfg.data.num_workers,
+                      seed=self.seed, max_length=cfg.data.max_length, sequence_length=cfg.data.sequence_length,
+                      pin_memory=self.device.type == "cuda")
+        kwargs.update(overrides)
+        return make_loader(self.prepared_dir, self.build_tokenizer(), **kwargs)
+
+
+def setup(profile: str = "cpu", data_dir: str | os.PathLike = "_data", seed: int = 0,
+          device: str = "auto", overrides: list[str] | tuple[str, ...] = ()) -> Chapter:
+    """Resolve a chapter's parameters into a :class:`Chapter` (config, folders, device) and seed everything."""
+    cfg = load_profile(profile, list(overrides))
+    cfg.train.seed = seed
+    folder = Path(data_dir).expanduser()
+    folder.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    dev = resolve_device(device)
+    print(f"medst chapter: profile={profile} data_dir={folder} seed={seed} device={dev}")
+    return Chapter(profile=profile, cfg=cfg, data_dir=folder, seed=seed, device=dev)

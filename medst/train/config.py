@@ -1,0 +1,169 @@
+"""Run configuration: the three profiles (``ci``, ``cpu``, ``gpu``) and overrides.
+
+A profile is a YAML file in ``medst/train/profiles``. It fixes the scale of everything a chapter or a
+pre-training run does: how big the phantom is, how big the towers are, how long training runs. Any value
+can be overridden with dotted keys, e.g. ``train.steps=200`` or ``model.vision.lateral_init=frontal``.
+
+The defaults below are the published Med-ST settings (METHOD §7); the profiles only change scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
+PROFILES = ("ci", "cpu", "gpu")
+
+
+@dataclass
+class DataConfig:
+    patients: int = 2000          # phantom patients (``medst synth --patients``)
+    phantom_size: int = 128       # side of the phantom's stored images in pixels
+    image_size: int = 224         # model input: crop size after resize-and-pad (METHOD §1)
+    sequence_length: int = 4      # L: studies per temporal sequence
+    max_length: int = 112         # text tokens including [CLS] and [SEP]
+    num_workers: int = 0          # DataLoader workers
+    use_cache: bool = True        # read the resized cache written by ``medst prepare``
+
+    @property
+    def cache_size(self) -> int:
+        """Long side of the resized cache: 256 for a 224 crop, scaled alike for other sizes."""
+        return round(self.image_size * 256 / 224)
+
+
+@dataclass
+class VisionConfig:
+    name: str = "vit_base_patch16_224"   # timm model name
+    pretrained: bool = False             # fetch ImageNet weights through timm (online only)
+    checkpoint: str | None = None        # local weights file for the ViT
+    lateral_init: str = "random"         # "random" (published) or "frontal" (copy the frontal expert)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm overrides: img_size, patch_size, depth, ...
+
+
+@dataclass
+class TextConfig:
+    kind: str = "hf"                     # "hf" (name or local dir), "minilm" (offline package), "tiny" (trained here)
+    name: str = "emilyalsentzer/Bio_ClinicalBERT"
+    vocab_size: int = 4000               # "tiny": WordPiece vocabulary trained on the corpus
+    hidden_size: int = 768               # "tiny": BERT width ...
+    num_layers: int = 6
+    num_heads: int = 12
+    intermediate_size: int = 3072
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 128                 # d: size of the joint embedding space
+    head_hidden: int = 2048              # hidden width of the projection heads
+
+
+@dataclass
+class LossConfig:
+    global_weight: float = 1.0           # λ1
+    local_weight: float = 1.0            # λ2
+    temporal_weight: float = 1.0         # λ3
+    global_temperature: float = 0.07     # τ
+    local_temperature: float = 0.1       # τ_l
+    temporal_temperature: float = 0.1    # T
+    similarity: str = "l2"               # temporal similarity: "l2" or "cosine"
+    variance_lambda: float = 1e-3
+    huber_delta: float = 2.0
+    fmc: bool = True                     # temporal terms, switchable for ablations
+    rmr: bool = True
+    mask_words: bool = True              # False: published unmasked word side
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    sequences_per_batch: int = 10        # S per process
+    singles_per_batch: int = 0           # single studies after the sequences
+    lr: float = 4e-5
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.4            # linear warm-up over the first 40 % of steps
+    grad_clip: float = 1.0
+    accumulation: int = 1
+    precision: str = "fp32"              # "fp32" or "bf16" (autocast, GPU)
+    compile: bool = False
+    checkpoint_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def override(self, *assignments: str) -> "Config":
+        """Return a copy with ``section.key=value`` assignments applied (values parsed as YAML)."""
+        data = self.to_dict()
+        for item in assignments:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} is not of the form section.key=value")
+            key, raw = item.split("=", 1)
+            node = data
+            *parents, leaf = key.strip().split(".")
+            for part in parents:
+                if not isinstance(node, dict) or part not in node:
+                    raise KeyError(f"unknown config key {key!r}")
+                node = node[part]
+            if not isinstance(node, dict) or (leaf not in node and parents[-1:] != ["kwargs"]):
+                raise KeyError(f"unknown config key {key!r}")
+            node[leaf] = yaml.safe_load(raw)
+        return Config.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        def build(kind, values):
+            fields = {f.name: f for f in dataclasses.fields(kind)}
+            unknown = set(values) - set(fields)
+            if unknown:
+                raise KeyError(f"unknown keys for {kind.__name__}: {sorted(unknown)}")
+            out = {}
+            for name, value in values.items():
+                sub = _SECTIONS.get((kind, name))
+                out[name] = build(sub, value) if sub is not None else value
+            return kind(**out)
+
+        return build(cls, data)
+
+
+_SECTIONS = {
+    (Config, "data"): DataConfig,
+    (Config, "model"): ModelConfig,
+    (Config, "loss"): LossConfig,
+    (Config, "train"): TrainConfig,
+    (ModelConfig, "vision"): VisionConfig,
+    (ModelConfig, "text"): TextConfig,
+}
+
+
+def load_profile(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a profile by name (``ci``, ``cpu``, ``gpu``) or from a YAML file, then apply overrides."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ValueError(f"unknown profile {name_or_path!r}; choose one of {', '.join(PROFILES)} or a YAML file")
+    elif not path.exists():
+        raise FileNotFoundError(f"profile file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("name", path.stem)
+    return Config.from_dict(data).override(*overrides)
