@@ -6,7 +6,7 @@ PROFILE ?= cpu
 BUILD  ?= _build
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-fast book execute html reproduce bench clean
+.PHONY: venv test test-fast book execute html student reproduce bench clean
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,10 @@ html: venv
 	$(PY) -m medst.book html --executed $(BUILD)/executed --out $(BUILD)
 
 book: execute html
+
+# The students' edition: every exercise solution replaced by its stub, outputs cleared.
+student: venv
+	$(PY) -m medst.student --src book --out $(BUILD)/student
 
 reproduce: PROFILE = gpu
 reproduce: book

@@ -4,10 +4,16 @@
 top to bottom with its ``parameters`` cell overridden (``profile``, ``data_dir``, ``seed``, ``device``);
 ``python -m medst.book html --executed _build/executed --out _build`` renders what papermill ran with
 Jupyter Book 1.x (notebook execution is off in ``_config.yml``), into ``_build/html``.
+
+MathJax: with ``MEDST_MATHJAX=auto`` (default) the book serves MathJax 3 from its own ``_static`` folder when the
+PyPI package ``django-static-mathjax`` (a plain copy of MathJax 3, Apache-2.0) is installed, so the rendered book
+shows its equations offline; ``MEDST_MATHJAX=local`` requires that copy, ``MEDST_MATHJAX=cdn`` keeps the CDN
+address of ``_config.yml``.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -93,6 +99,69 @@ def execute(profile: str, out: Path, data_dir: Path | None = None, only: list[st
         print(f"  done in {seconds:.1f} s", flush=True)
 
 
+def stage_notebook(executed: Path, target: Path) -> None:
+    """Copy an executed chapter for rendering, hiding papermill's injected-parameters cell (it repeats the
+    parameters cell with this machine's absolute data path)."""
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, target)
+
+
+MATHJAX_ENV = "MEDST_MATHJAX"
+# What the book needs of MathJax 3's ES5 build: the combined TeX/MathML -> CommonHTML component, the TeX
+# extensions it autoloads, its fonts, the menu and the accessibility parts it loads on demand.
+MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output/chtml", "output/chtml.js", "ui", "a11y", "sre")
+
+
+def mathjax_source() -> Path | None:
+    """MathJax 3's ``es5`` folder from the package ``django-static-mathjax`` (import name ``mathjax``), or None."""
+    spec = importlib.util.find_spec("mathjax")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "static" / "mathjax" / "es5"
+    return folder if (folder / "tex-mml-chtml.js").is_file() else None
+
+
+def stage_mathjax(stage: Path, mode: str | None = None) -> bool:
+    """Copy MathJax next to the staged book and point the staged ``_config.yml`` at it.
+
+    The copy goes to ``stage/_mathjax/mathjax`` and ``_mathjax`` is added to Sphinx's ``html_static_path``, so
+    it is served as ``_static/mathjax``. (Not ``stage/_static``: Jupyter Book adds a script tag for every
+    ``.js`` file it finds under a ``_static`` folder of the book.)
+    ``mode``: "auto" (local when available), "local" (required) or "cdn"; default from ``$MEDST_MATHJAX``.
+    Returns True when the staged book uses the local copy.
+    """
+    mode = (mode or os.environ.get(MATHJAX_ENV) or "auto").lower()
+    if mode not in ("auto", "local", "cdn"):
+        raise ValueError(f"{MATHJAX_ENV}={mode!r}: expected auto, local or cdn")
+    source = None if mode == "cdn" else mathjax_source()
+    if source is None:
+        if mode == "local":
+            raise FileNotFoundError(f"{MATHJAX_ENV}=local but no local MathJax 3 was found: "
+                                    "pip install django-static-mathjax (it ships MathJax 3 under mathjax/static)")
+        return False
+    target = stage / "_mathjax" / "mathjax"
+    for part in MATHJAX_PARTS:
+        src, dst = source / part, target / part
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy(src, dst)
+    config_path = stage / "_config.yml"
+    config = yaml.safe_load(config_path.read_text()) or {}
+    sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
+    sphinx_config["html_static_path"] = [*sphinx_config.get("html_static_path", []), "_mathjax"]
+    sphinx_config["mathjax_path"] = "mathjax/tex-mml-chtml.js"  # relative to the built _static folder
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return True
+
+
 def html(executed: Path, out: Path) -> Path:
     """Stage the book's sources with the executed notebooks and render them with Jupyter Book 1.x."""
     stage = out / "src"
@@ -107,9 +176,12 @@ def html(executed: Path, out: Path) -> Path:
         executed_nb = executed / rel
         if not executed_nb.exists():
             raise FileNotFoundError(f"{executed_nb} is missing: run `make execute` (python -m medst.book execute) first")
-        shutil.copy(executed_nb, stage / rel)
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(stage), "--path-output", str(out), "-W", "-n",
-           "--keep-going"]
+        stage_notebook(executed_nb, stage / rel)
+    if stage_mathjax(stage):
+        print("MathJax 3 served from _static/mathjax (local copy)", flush=True)
+    # jupyter_book 1.x has no __main__ module: call its command-line entry point.
+    cli = "import sys; from jupyter_book.cli.main import main; sys.exit(main())"
+    cmd = [sys.executable, "-c", cli, "build", str(stage), "--path-output", str(out), "-W", "-n", "--keep-going"]
     env = dict(os.environ, PYDEVD_DISABLE_FILE_VALIDATION="1")
     print(" ".join(cmd), flush=True)
     subprocess.run(cmd, check=True, env=env)

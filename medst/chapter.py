@@ -118,8 +118,7 @@ class Chapter:
         if self._tokenizer is None:
             from medst.models.build import build_tokenizer
 
-            self._tokenizer = build_tokenizer(self.cfg, self.prepared_dir,
-                                              cache_dir=self.data_dir / f"tokenizer-{self.profile}")
+            self._tokenizer = build_tokenizer(self.cfg, self.prepared_dir)
         return self._tokenizer
 
     def loader(self, split: str = "train", *, train: bool | None = None, **overrides):

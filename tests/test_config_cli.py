@@ -17,8 +17,10 @@ def test_profiles_load(name):
 
 
 def test_overrides_apply_and_reject_unknown_keys():
-    cfg = load_profile("ci", ["train.steps=7", "loss.similarity=cosine", "model.vision.kwargs.depth=3"])
+    cfg = load_profile("ci", ["train.steps=7", "loss.similarity=cosine", "model.vision.kwargs.depth=3",
+                              "train.lr=1e-4", "data.augment=false"])
     assert cfg.train.steps == 7 and cfg.loss.similarity == "cosine" and cfg.model.vision.kwargs["depth"] == 3
+    assert cfg.train.lr == 1e-4 and cfg.data.augment is False
     with pytest.raises(KeyError):
         load_profile("ci", ["train.stepz=7"])
     with pytest.raises(ValueError):

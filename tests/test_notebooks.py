@@ -1,25 +1,22 @@
-"""Execute every chapter listed in _toc.yml under the ``ci`` profile; fail naming the chapter and cell."""
+"""Execute every chapter listed in _toc.yml under the ``ci`` profile; fail naming the chapter and cell.
+
+Chapters run through the session fixture ``executed_book`` (tests/conftest.py): each at most once per
+session, into one folder that tests/test_browser.py renders and looks at in a browser.
+"""
 from __future__ import annotations
 
 import pytest
 
-from medst.book import ROOT, ChapterError, chapters, run_chapter
+from medst.book import ROOT, ChapterError, chapters
 
 CHAPTERS = chapters()
 
 
-@pytest.fixture(scope="session")
-def book_data(tmp_path_factory):
-    """One data folder shared by all chapters, as in a real build (chapters share only files)."""
-    return tmp_path_factory.mktemp("book-data")
-
-
 @pytest.mark.notebooks
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=[p.stem for p in CHAPTERS])
-def test_chapter_runs_under_ci(notebook, book_data, tmp_path):
-    out = tmp_path / notebook.name
+def test_chapter_runs_under_ci(notebook, executed_book):
     try:
-        seconds = run_chapter(notebook, out, profile="ci", data_dir=book_data, cwd=tmp_path)
+        out, seconds = executed_book.run(notebook)
     except ChapterError as err:
         pytest.fail(str(err), pytrace=False)
     print(f"{notebook.name}: {seconds:.1f} s")

@@ -24,7 +24,9 @@ Published details kept on purpose (read from the public code):
   before the product and the similarities, and ``ω`` is used as the attention
   returns it;
 * the weighting attentions' outputs are discarded; only their weights are
-  used, so their value and output projections receive no gradient.
+  used. Their output projections would never receive a gradient, so they are
+  frozen (``requires_grad=False``); the value rows of ``in_proj_weight`` get
+  a zero gradient.
 
 Masking (**ours**): padded words (``word_mask``) and the patches of a missing
 lateral view (``patch_mask``) are removed everywhere they could enter — as
@@ -36,6 +38,15 @@ inputs. ``mask_words=False`` reproduces the published word side, which does
 not mask padded words (they enter its cross-entropy and weights); the patch
 side masks padded words as cross-attention keys in both settings, as the
 published code does. With no padding both settings give the same loss.
+``patch_mask=None`` treats every patch as real, as the published code does
+(it keeps the 196 tokens of the all-zero image of a missing lateral).
+
+Details METHOD.md leaves open, settled from the public code: the cross-
+attention of step 1 has no parameters (a plain softmax of the scaled dot
+products); the weighting attention is ``nn.MultiheadAttention`` with its
+default in-projection biases, scaling ``1/√d`` and no dropout; the mean query
+is taken over the valid tokens (published: over all slots, which the word
+side reproduces with ``mask_words=False``).
 """
 from __future__ import annotations
 
@@ -126,23 +137,15 @@ def weighted_token_infonce(similarity: Tensor, weights: Tensor,
     Returns:
         scalar loss.
     """
-    batch, tokens, _ = similarity.shape
-    targets = torch.arange(tokens, device=similarity.device).expand(batch, tokens)
-    rows, cols = similarity, similarity  # rows: classes = columns k; cols: classes = rows
     if mask is not None:
-        invalid = ~mask
-        # Masked classes get -inf; a masked token's own CE is set to a constant
-        # (zero logits) so that it stays finite and passes no gradient.
-        rows = rows.masked_fill(invalid[:, None, :], float("-inf"))
-        rows = rows.masked_fill(invalid[:, :, None], 0.0)
-        cols = cols.masked_fill(invalid[:, :, None], float("-inf"))
-        cols = cols.masked_fill(invalid[:, None, :], 0.0)
-    # cross_entropy takes the class dim at 1: [B, C, Q] with targets [B, Q].
-    ce_rows = F.cross_entropy(rows.transpose(1, 2), targets, reduction="none")  # [B, Q]
-    ce_cols = F.cross_entropy(cols, targets, reduction="none")  # [B, Q]
-    if mask is not None:
-        ce_rows = torch.where(mask, ce_rows, torch.zeros_like(ce_rows))
-        ce_cols = torch.where(mask, ce_cols, torch.zeros_like(ce_cols))
+        # Drop every entry in a masked row or column except the diagonal: a valid
+        # token never sees a masked one, and a masked token's own CE is over its
+        # single diagonal entry, exactly 0 with zero gradient.
+        pair = mask[:, :, None] & mask[:, None, :]
+        eye = torch.eye(similarity.shape[1], dtype=torch.bool, device=similarity.device)
+        similarity = similarity.masked_fill(~(pair | eye), float("-inf"))
+    ce_rows = -similarity.log_softmax(dim=2).diagonal(dim1=1, dim2=2)  # [B, Q]: CE(m_i,:, i)
+    ce_cols = -similarity.log_softmax(dim=1).diagonal(dim1=1, dim2=2)  # [B, Q]: CE(m_:,i, i)
     loss_rows = (weights * ce_rows).sum(dim=1).mean()
     loss_cols = (weights * ce_cols).sum(dim=1).mean()
     return (loss_rows + loss_cols) / 2
@@ -171,6 +174,12 @@ class LocalAlignment(nn.Module):
         self.mask_words = mask_words
         self.word_weighting = nn.MultiheadAttention(dim, 1, batch_first=True)
         self.patch_weighting = nn.MultiheadAttention(dim, 1, batch_first=True)
+        for weighting in (self.word_weighting, self.patch_weighting):
+            # Only the attention weights are used, never the attention output, so the
+            # output projection never receives a gradient: freeze it, so that every
+            # trainable parameter takes part in each step (DDP needs no
+            # find_unused_parameters) while state dicts keep the usual names.
+            weighting.out_proj.requires_grad_(False)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, temperature={self.temperature}, mask_words={self.mask_words}"

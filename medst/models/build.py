@@ -44,7 +44,12 @@ def text_source(cfg: Config) -> str:
 
 
 def build_tokenizer(cfg: Config, prepared_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None):
-    """The tokenizer of the profile's text tower; ``tiny`` trains one on the training reports (cached)."""
+    """The tokenizer of the profile's text tower.
+
+    ``tiny`` trains a WordPiece tokenizer on the training reports of ``prepared_dir`` once and keeps it in
+    ``cache_dir`` (default ``prepared_dir/tokenizer-wordpiece-<vocab size>``), so that every run on the same
+    data uses the same token ids (training a tokenizer twice may break frequency ties differently).
+    """
     from transformers import AutoTokenizer
 
     from medst.models.text import minilm_path, train_wordpiece_tokenizer
@@ -54,11 +59,12 @@ def build_tokenizer(cfg: Config, prepared_dir: str | os.PathLike, cache_dir: str
         return AutoTokenizer.from_pretrained(cfg.model.text.name)
     if source == "minilm":
         return AutoTokenizer.from_pretrained(minilm_path())
-    if cache_dir is not None and (Path(cache_dir) / "tokenizer.json").exists():
+    vocab = cfg.model.text.vocab_size
+    cache_dir = Path(cache_dir) if cache_dir is not None else Path(prepared_dir) / f"tokenizer-wordpiece-{vocab}"
+    if (cache_dir / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(str(cache_dir))
-    tokenizer = train_wordpiece_tokenizer(_training_texts(Path(prepared_dir)), vocab_size=cfg.model.text.vocab_size)
-    if cache_dir is not None:
-        tokenizer.save_pretrained(str(cache_dir))
+    tokenizer = train_wordpiece_tokenizer(_training_texts(Path(prepared_dir)), vocab_size=vocab)
+    tokenizer.save_pretrained(str(cache_dir))
     return tokenizer
 
 
@@ -69,12 +75,31 @@ def build_text_encoder(cfg: Config, tokenizer):
     t = cfg.model.text
     source = text_source(cfg)
     if source == "hf":
-        return TextEncoder.from_pretrained(t.name)
-    if source == "minilm":
-        return TextEncoder.from_pretrained(minilm_path())
-    return TextEncoder.from_config(tokenizer, hidden_size=t.hidden_size, num_layers=t.num_layers,
-                                   num_heads=t.num_heads, intermediate_size=t.intermediate_size,
-                                   max_position_embeddings=max(cfg.data.max_length, 128))
+        encoder = TextEncoder.from_pretrained(t.name)
+    elif source == "minilm":
+        encoder = TextEncoder.from_pretrained(minilm_path())
+    else:
+        encoder = TextEncoder.from_config(tokenizer, hidden_size=t.hidden_size, num_layers=t.num_layers,
+                                          num_heads=t.num_heads, intermediate_size=t.intermediate_size,
+                                          max_position_embeddings=max(cfg.data.max_length, 128))
+    set_dropout(encoder, t.dropout)
+    return encoder
+
+
+def set_dropout(module, p: float) -> None:
+    """Set every dropout probability of a transformers model (layers and attention) to ``p``."""
+    import torch.nn as nn
+
+    for m in module.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = p
+        config = getattr(m, "config", None)
+        if config is not None and hasattr(config, "attention_probs_dropout_prob"):
+            config.attention_probs_dropout_prob = p
+            config.hidden_dropout_prob = p
+    for m in module.modules():  # attention modules that keep their own probability
+        if hasattr(m, "dropout_prob") and isinstance(getattr(m, "dropout_prob"), float):
+            m.dropout_prob = p
 
 
 def build_vision(cfg: Config):

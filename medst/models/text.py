@@ -87,11 +87,13 @@ def merge_word_pieces(
     starts = valid & (~is_cont | first)  # [B, W] piece opens a new word
     word_idx = torch.cumsum(starts.long(), dim=1) - 1  # [B, W] piece -> word slot
     n_words = starts.sum(dim=1)  # [B]
-    # invalid pieces go to a spare slot W, dropped afterwards
+    # invalid pieces and [CLS] go to a spare slot W (dropped afterwards); one in-place
+    # index_add over the flat [B*T, D] view (no copy of hidden) is the segment sum
     word_idx = torch.where(valid, word_idx, torch.full_like(word_idx, W))
-    flat_idx = (word_idx + torch.arange(B, device=ids.device)[:, None] * (W + 1)).reshape(-1)
-    words = hidden.new_zeros(B * (W + 1), D).index_add(0, flat_idx, hidden[:, 1:].reshape(-1, D))
-    words = words.view(B, W + 1, D)[:, :W]
+    word_idx = torch.cat([torch.full_like(word_idx[:, :1], W), word_idx], dim=1)  # [B, T], [CLS] -> spare
+    flat_idx = (word_idx + torch.arange(B, device=ids.device)[:, None] * T).reshape(-1)
+    words = hidden.new_zeros(B * T, D).index_add_(0, flat_idx, hidden.reshape(B * T, D))
+    words = words.view(B, T, D)[:, :W]
     word_mask = torch.arange(W, device=ids.device)[None, :] < n_words[:, None]
     return words, word_mask
 
@@ -209,7 +211,7 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, lowe
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##"
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##", show_progress=False
     )
     tok.train_from_iterator(iter(texts), trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")

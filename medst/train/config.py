@@ -29,6 +29,7 @@ class DataConfig:
     max_length: int = 112         # text tokens including [CLS] and [SEP]
     num_workers: int = 0          # DataLoader workers
     use_cache: bool = True        # read the resized cache written by ``medst prepare``
+    augment: bool = True          # random crops for training (False: centre crops, e.g. to compare runs exactly)
 
     @property
     def cache_size(self) -> int:
@@ -54,6 +55,7 @@ class TextConfig:
     num_layers: int = 6
     num_heads: int = 12
     intermediate_size: int = 3072
+    dropout: float = 0.1                 # dropout inside the text tower
 
 
 @dataclass
@@ -126,7 +128,7 @@ class Config:
                 node = node[part]
             if not isinstance(node, dict) or (leaf not in node and parents[-1:] != ["kwargs"]):
                 raise KeyError(f"unknown config key {key!r}")
-            node[leaf] = yaml.safe_load(raw)
+            node[leaf] = _parse_value(raw)
         return Config.from_dict(data)
 
     @classmethod
@@ -143,6 +145,17 @@ class Config:
             return kind(**out)
 
         return build(cls, data)
+
+
+def _parse_value(raw: str) -> Any:
+    """A command-line value as YAML, with ``1e-4`` read as a number (YAML 1.1 wants ``1.0e-4``)."""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 _SECTIONS = {

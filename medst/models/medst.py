@@ -1,0 +1,182 @@
+"""The full Med-ST model: MoVE image tower, BERT text tower, heads and the three objectives (METHOD §7).
+
+    L = λ1·L_global + λ2·L_local + λ3·L_temporal
+
+Every term can be switched off (a weight of 0, or ``fmc``/``rmr`` false) for the ablations, and a switched-off
+term's modules are not even built: the model holds only what its forward uses (METHOD §9), so several
+processes never need DDP's ``find_unused_parameters``.
+
+Embeddings are L2-normalised after the heads. The temporal loss uses the global embeddings of the first
+``S·L`` pairs of a batch, which form ``S`` sequences of ``L`` time-ordered studies (METHOD §1, §6).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from medst.losses.contrastive import global_alignment_loss
+from medst.losses.local import LocalAlignment
+from medst.losses.temporal import fmc_loss, rmr_loss
+from medst.models.heads import GlobalHead, LocalHead
+from medst.train.config import Config, LossConfig
+
+
+@dataclass
+class ImageEmbedding:
+    """global_: [B,d] unit vectors; patches: [B,P,d] unit vectors (zero where masked); patch_mask: [B,P] bool."""
+
+    global_: torch.Tensor
+    patches: torch.Tensor | None = None
+    patch_mask: torch.Tensor | None = None
+
+
+@dataclass
+class TextEmbedding:
+    """global_: [B,d] unit vectors; words: [B,W,d] unit vectors (zero where masked); word_mask: [B,W] bool."""
+
+    global_: torch.Tensor
+    words: torch.Tensor | None = None
+    word_mask: torch.Tensor | None = None
+
+
+@dataclass
+class MedSTOutput:
+    """The weighted total loss and each term (detached) for logging."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
+class MedST(nn.Module):
+    """Image tower ``vision`` (MoVE), text tower ``text`` (TextEncoder), projection heads and losses.
+
+    Args:
+        vision: a :class:`medst.models.vision.MoVE` (``forward(frontal, lateral, has_lateral)``).
+        text: a :class:`medst.models.text.TextEncoder`.
+        embed_dim: d, the joint embedding size (128).
+        head_hidden: hidden width of the heads (2048).
+        loss: weights, temperatures and switches of the objective.
+    """
+
+    def __init__(self, vision: nn.Module, text: nn.Module, embed_dim: int = 128, head_hidden: int = 2048,
+                 loss: LossConfig | None = None) -> None:
+        super().__init__()
+        self.loss_cfg = loss = loss or LossConfig()
+        self.vision, self.text = vision, text
+        dv, dt = vision.embed_dim, text.hidden_size
+        self.image_global = GlobalHead(dv, head_hidden, embed_dim)
+        self.text_global = GlobalHead(dt, head_hidden, embed_dim)
+        if loss.local_weight > 0:
+            self.image_local = LocalHead(dv, head_hidden, embed_dim)
+            self.text_local = LocalHead(dt, head_hidden, embed_dim)
+            self.local_alignment = LocalAlignment(embed_dim, loss.local_temperature, mask_words=loss.mask_words)
+        else:
+            self.image_local = self.text_local = self.local_alignment = None
+
+    @property
+    def uses_local(self) -> bool:
+        return self.local_alignment is not None
+
+    # -- inference ----------------------------------------------------------------------------------
+    def encode_image(self, frontal: torch.Tensor, lateral: torch.Tensor | None = None,
+                     has_lateral: torch.Tensor | None = None, local: bool | None = None) -> ImageEmbedding:
+        """frontal [B,3,H,W] (+ lateral, compact or full, and has_lateral [B]) -> normalised embeddings."""
+        out = self.vision(frontal, lateral, has_lateral)
+        emb = ImageEmbedding(F.normalize(self.image_global(out.cls), dim=-1))
+        if self.uses_local and local is not False:
+            emb.patches = F.normalize(self.image_local(out.patches, out.patch_mask), dim=-1)
+            emb.patch_mask = out.patch_mask
+        return emb
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    local: bool | None = None) -> TextEmbedding:
+        """input_ids, attention_mask [B,T] -> normalised report and word embeddings."""
+        out = self.text(input_ids, attention_mask)
+        emb = TextEmbedding(F.normalize(self.text_global(out.report), dim=-1))
+        if self.uses_local and local is not False:
+            emb.words = F.normalize(self.text_local(out.words, out.word_mask), dim=-1)
+            emb.word_mask = out.word_mask
+        return emb
+
+    # -- training -----------------------------------------------------------------------------------
+    def forward(self, batch) -> MedSTOutput:
+        """A :class:`medst.data.dataset.Batch` -> the weighted loss of METHOD §7 and its terms."""
+        cfg = self.loss_cfg
+        img = self.encode_image(batch.frontal, batch.lateral, batch.has_lateral)
+        txt = self.encode_text(batch.input_ids, batch.attention_mask)
+        zero = img.global_.new_zeros(())
+        terms: dict[str, torch.Tensor] = {}
+        total = zero
+
+        if cfg.global_weight > 0:
+            terms["global"] = global_alignment_loss(img.global_, txt.global_, cfg.global_temperature)
+            total = total + cfg.global_weight * terms["global"]
+        if self.uses_local:
+            terms["local"] = self.local_alignment(txt.words, img.patches, txt.word_mask, img.patch_mask)
+            total = total + cfg.local_weight * terms["local"]
+        if cfg.temporal_weight > 0 and (cfg.fmc or cfg.rmr):
+            temporal = self.temporal_terms(img.global_, txt.global_, batch.num_sequences, batch.sequence_length)
+            terms.update(temporal)
+            terms["temporal"] = sum(temporal.values(), zero)
+            total = total + cfg.temporal_weight * terms["temporal"]
+
+        if dist.is_available() and dist.is_initialized() and not bool(batch.has_lateral.any()):
+            # With several processes every parameter must take part in every step; a batch without any
+            # lateral view leaves the lateral experts out, so they join with a zero contribution.
+            total = total + sum(p.sum() for n, p in self.vision.named_parameters() if "lateral" in n) * 0.0
+        return MedSTOutput(loss=total, terms={k: v.detach() for k, v in terms.items()})
+
+    def temporal_terms(self, image: torch.Tensor, report: torch.Tensor, num_sequences: int,
+                       sequence_length: int) -> dict[str, torch.Tensor]:
+        """FMC and RMR in both directions over the first S·L pairs (METHOD §6); empty when S = 0."""
+        cfg = self.loss_cfg
+        if num_sequences == 0:
+            return {}
+        n = num_sequences * sequence_length
+        u = image[:n].reshape(num_sequences, sequence_length, -1)   # [S, L, d] image sequence
+        v = report[:n].reshape(num_sequences, sequence_length, -1)  # [S, L, d] report sequence
+        kw = dict(temperature=cfg.temporal_temperature, similarity=cfg.similarity)
+        out = {}
+        if cfg.fmc:
+            out["fmc"] = fmc_loss(u, v, **kw) + fmc_loss(v, u, **kw)
+        if cfg.rmr:
+            rkw = dict(kw, variance_lambda=cfg.variance_lambda, huber_delta=cfg.huber_delta)
+            out["rmr"] = rmr_loss(u, v, **rkw) + rmr_loss(v, u, **rkw)
+        return out
+
+
+def build_medst(cfg: Config, tokenizer) -> MedST:
+    """The model a profile describes, around ``tokenizer`` (see :mod:`medst.models.build`)."""
+    from medst.models.build import build_text_encoder, build_vision
+
+    return MedST(build_vision(cfg), build_text_encoder(cfg, tokenizer), embed_dim=cfg.model.embed_dim,
+                 head_hidden=cfg.model.head_hidden, loss=cfg.loss)
+
+
+def load_run(run_dir, device: str | torch.device = "cpu") -> tuple[MedST, object, Config]:
+    """Load a pre-trained run folder (``config.json``, ``tokenizer/``, ``model.safetensors``) for inference.
+
+    Returns ``(model in eval mode, tokenizer, config)``. Nothing pickled is executed: weights are safetensors.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from medst.train.checkpoint import load_weights
+
+    run_dir = Path(run_dir)
+    missing = [n for n in ("config.json", "tokenizer", "model.safetensors") if not (run_dir / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{run_dir} is not a finished run folder (missing {', '.join(missing)}); "
+                                "train one with `medst pretrain`")
+    cfg = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg.model.vision.pretrained = False  # the run's weights replace any initialisation
+    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    model = build_medst(cfg, tokenizer)
+    load_weights(model, run_dir / "model.safetensors")
+    return model.to(device).eval(), tokenizer, cfg

@@ -1,0 +1,346 @@
+"""MoVE, the Mixture of View Experts image encoder (METHOD §3).
+
+A timm `VisionTransformer` reads the frontal and the lateral radiograph of a study
+together as one sequence
+
+    [CLS, f_1 .. f_N, l_1 .. l_N]        (1 + 2N tokens)
+
+Both views share the patch embedding and the 2-D position embedding (lateral patch k
+gets the same position embedding as frontal patch k). In every block
+
+    x = x + Attn(norm1(x))                                  one attention, both views
+    x = x + [ FFN_frontal(x_cls,f) ; FFN_lateral(x_l) ]     two feed-forward experts
+
+The frontal expert is the timm block's own norm2/mlp (and layer scale); the lateral
+expert is a second norm + MLP per block (`MoVE.lateral_experts`). Attention and MLP
+code is timm's; only the routing is written here.
+
+Studies without a lateral (ours, METHOD §3.4) never spend compute on a fake view: the
+batch is split into the studies with a lateral (1 + 2N tokens) and those without
+(1 + N tokens), each group runs through the blocks in one batched call, and the
+results are scattered back. A study without a lateral is exactly a plain ViT, so
+single-view input (downstream tasks) is `vit.forward_features` (METHOD §3.5).
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+
+
+@dataclass
+class VisionOutput:
+    """What `MoVE.forward` returns.
+
+    cls:        [B, D] the [CLS] token after the final norm (global image feature).
+    patches:    [B, P, D] patch tokens after the final norm: frontal patches, then
+                lateral patches; P = 2N if any study in the batch has a lateral, else N.
+    patch_mask: [B, P] bool, False for the lateral slots of studies without a lateral
+                (those slots hold zeros).
+    """
+
+    cls: torch.Tensor
+    patches: torch.Tensor
+    patch_mask: torch.Tensor
+
+
+class LateralExpert(nn.Module):
+    """Feed-forward expert for lateral tokens: [n, S, D] -> [n, S, D] = ls(mlp(norm(x))).
+
+    The residual add (and drop path) happens in the block, shared with the frontal expert.
+    """
+
+    def __init__(self, norm: nn.Module, mlp: nn.Module, ls: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+        self.mlp = mlp
+        self.ls = ls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ls(self.mlp(self.norm(x)))
+
+
+def _reset_parameters(module: nn.Module) -> None:
+    """Fresh init like a timm ViT: Linear trunc-normal(0.02) with zero bias; norms and layer scale reset."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif m is not module and hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+def make_lateral_expert(block: nn.Module, init: str = "random") -> LateralExpert:
+    """A lateral expert shaped like `block`'s norm2/mlp/ls2.
+
+    init="random": fresh weights (published). init="frontal": a copy of the block's
+    frontal norm + MLP + layer scale (ours, option; METHOD §3.6).
+    """
+    if init not in ("random", "frontal"):
+        raise ValueError(f"medst/models/vision.py: lateral_init must be 'random' or 'frontal', got {init!r}")
+    expert = LateralExpert(copy.deepcopy(block.norm2), copy.deepcopy(block.mlp), copy.deepcopy(block.ls2))
+    if init == "random":
+        _reset_parameters(expert)
+    return expert
+
+
+class MoVE(nn.Module):
+    """Mixture of View Experts around a timm VisionTransformer (METHOD §3).
+
+    Args:
+        vit: a timm `VisionTransformer` with a class token (its classifier is dropped).
+        lateral_init: "random" (published) or "frontal" (copy the frontal expert).
+    """
+
+    def __init__(self, vit: nn.Module, lateral_init: str = "random") -> None:
+        super().__init__()
+        name = type(vit).__name__
+        if getattr(vit, "cls_token", None) is None:
+            raise ValueError(f"medst/models/vision.py: {name} has no class token; MoVE reads the [CLS] output")
+        if not isinstance(vit.patch_drop, nn.Identity):
+            raise ValueError("medst/models/vision.py: patch dropout is not supported by MoVE (use patch_drop_rate=0)")
+        for i, blk in enumerate(vit.blocks):
+            missing = [p for p in BLOCK_PARTS if not hasattr(blk, p)]
+            if missing:
+                raise ValueError(
+                    f"medst/models/vision.py: block {i} ({type(blk).__name__}) lacks {missing}; "
+                    "MoVE needs pre-norm timm `Block`s (norm1/attn/ls1, norm2/mlp/ls2)"
+                )
+        # MoVE returns [CLS] and patch tokens after the final norm: no pooling or classifier.
+        vit.reset_classifier(0)
+        vit.fc_norm = nn.Identity()
+        if getattr(vit, "attn_pool", None) is not None:
+            vit.attn_pool = None
+        self.vit = vit
+        self.lateral_experts = nn.ModuleList(make_lateral_expert(blk, lateral_init) for blk in vit.blocks)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def embed_dim(self) -> int:
+        return int(self.vit.embed_dim)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return int(self.vit.num_prefix_tokens)
+
+    @property
+    def num_patches(self) -> int:
+        """N, patches per view."""
+        return int(self.vit.patch_embed.num_patches)
+
+    # ------------------------------------------------------------- embedding
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """[n, 3, H, W] -> [n, prefix + N, D]: timm's patch + position embedding ([CLS] first)."""
+        vit = self.vit
+        x = vit._pos_embed(vit.patch_embed(images))
+        return vit.norm_pre(vit.patch_drop(x))
+
+    def embed_pair(self, frontal: torch.Tensor, lateral: torch.Tensor) -> torch.Tensor:
+        """[n,3,H,W] x2 -> [n, prefix + 2N, D]; lateral patches get the frontal patches' position embeddings."""
+        lat = self.embed(lateral)[:, self.num_prefix_tokens :]  # drop the lateral's own [CLS]
+        return torch.cat([self.embed(frontal), lat], dim=1)
+
+    # ---------------------------------------------------------------- blocks
+    def joint_block(self, i: int, x: torch.Tensor, n_frontal: int) -> torch.Tensor:
+        """Block i on [n, n_frontal + N, D]: shared attention, then frontal / lateral experts."""
+        blk = self.vit.blocks[i]
+        x = x + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x))))
+        front = blk.ls2(blk.mlp(blk.norm2(x[:, :n_frontal])))
+        side = self.lateral_experts[i](x[:, n_frontal:])
+        return x + blk.drop_path2(torch.cat([front, side], dim=1))
+
+    def _run(self, x: torch.Tensor, joint: bool, capture: Optional[int] = None):
+        """Blocks + final norm on [n, S, D]; joint: S = prefix + 2N with experts, else a plain ViT.
+
+        Returns (tokens [n, S, D], block `capture`'s attention [n, heads, S, S] or None).
+        """
+        k = self.num_prefix_tokens
+        n_frontal = k + (x.shape[1] - k) // 2
+        probs = None
+        for i, blk in enumerate(self.vit.blocks):
+            if capture == i:
+                probs = self.block_attention(i, x)
+            x = self.joint_block(i, x, n_frontal) if joint else blk(x)
+        return self.vit.norm(x), probs
+
+    def block_attention(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        """Attention probabilities of block i for its input x [n, S, D] -> [n, heads, S, S].
+
+        Recomputed from the block's qkv weights (the forward pass itself keeps timm's
+        fused scaled-dot-product attention, which does not expose the probabilities).
+        """
+        blk = self.vit.blocks[i]
+        attn = blk.attn
+        n, S, _ = x.shape
+        qkv = attn.qkv(blk.norm1(x)).reshape(n, S, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k, _ = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        return (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)
+
+    # --------------------------------------------------------------- forward
+    def _split(self, frontal, lateral, has_lateral):
+        """Check inputs; return (has_lateral [B] bool, lateral images of the studies that have one)."""
+        B = frontal.shape[0]
+        if lateral is None:
+            if has_lateral is not None and bool(has_lateral.any()):
+                raise ValueError("medst/models/vision.py: has_lateral marks laterals but no lateral images were given")
+            return torch.zeros(B, dtype=torch.bool, device=frontal.device), None
+        if has_lateral is None:
+            if lateral.shape[0] != B:
+                raise ValueError(
+                    f"medst/models/vision.py: {lateral.shape[0]} lateral images for {B} studies; pass has_lateral"
+                )
+            has_lateral = torch.ones(B, dtype=torch.bool, device=frontal.device)
+        has_lateral = has_lateral.to(device=frontal.device, dtype=torch.bool)
+        if has_lateral.shape != (B,):
+            raise ValueError(f"medst/models/vision.py: has_lateral {tuple(has_lateral.shape)} must be [{B}]")
+        n_lat = int(has_lateral.sum())
+        if lateral.shape[0] == B:
+            lateral = lateral[has_lateral] if n_lat < B else lateral
+        elif lateral.shape[0] != n_lat:
+            raise ValueError(
+                f"medst/models/vision.py: lateral has {lateral.shape[0]} images; expected {B} (full) "
+                f"or {n_lat} (compact, one per study with has_lateral)"
+            )
+        if lateral.shape[1:] != frontal.shape[1:]:
+            raise ValueError(
+                f"medst/models/vision.py: lateral images {tuple(lateral.shape[1:])} differ from frontal {tuple(frontal.shape[1:])}"
+            )
+        return has_lateral, lateral
+
+    def _encode(self, frontal, lateral, has_lateral, capture: Optional[int] = None):
+        """Tokens [B, prefix + P, D], patch mask [B, P], optional attention [B, heads, S, S]."""
+        has_lateral, lateral = self._split(frontal, lateral, has_lateral)
+        B, k = frontal.shape[0], self.num_prefix_tokens
+        n_lat = 0 if lateral is None else lateral.shape[0]
+        if n_lat == 0:  # single view everywhere: a plain ViT
+            x, probs = self._run(self.embed(frontal), joint=False, capture=capture)
+            return x, torch.ones(B, x.shape[1] - k, dtype=torch.bool, device=x.device), probs
+        if n_lat == B:
+            x, probs = self._run(self.embed_pair(frontal, lateral), joint=True, capture=capture)
+            return x, torch.ones(B, x.shape[1] - k, dtype=torch.bool, device=x.device), probs
+        # mixed batch: the two groups run separately, each as one batched call
+        idx_lat = has_lateral.nonzero().squeeze(1)
+        idx_one = (~has_lateral).nonzero().squeeze(1)
+        x_lat, p_lat = self._run(self.embed_pair(frontal[idx_lat], lateral), joint=True, capture=capture)
+        x_one, p_one = self._run(self.embed(frontal[idx_one]), joint=False, capture=capture)
+        N = x_one.shape[1] - k
+        inverse = torch.argsort(torch.cat([idx_lat, idx_one]))
+        x = torch.cat([x_lat, F.pad(x_one, (0, 0, 0, N))], dim=0)[inverse]
+        probs = None
+        if capture is not None:
+            probs = torch.cat([p_lat, F.pad(p_one, (0, N, 0, N))], dim=0)[inverse]
+        mask = torch.ones(B, 2 * N, dtype=torch.bool, device=x.device)
+        mask[:, N:] = has_lateral[:, None]
+        return x, mask, probs
+
+    def forward(
+        self,
+        frontal: torch.Tensor,
+        lateral: Optional[torch.Tensor] = None,
+        has_lateral: Optional[torch.Tensor] = None,
+    ) -> VisionOutput:
+        """Encode studies (METHOD §3).
+
+        Args:
+            frontal: [B, 3, H, W].
+            lateral: None, compact [has_lateral.sum(), 3, H, W] (studies with a lateral,
+                in batch order) or full [B, 3, H, W] (rows without a lateral are ignored).
+            has_lateral: [B] bool; None means every study has one if `lateral` is given.
+        Returns:
+            VisionOutput(cls [B, D], patches [B, P, D], patch_mask [B, P]).
+        """
+        x, mask, _ = self._encode(frontal, lateral, has_lateral)
+        k = self.num_prefix_tokens
+        return VisionOutput(cls=x[:, 0], patches=x[:, k:], patch_mask=mask)
+
+    @torch.no_grad()
+    def attention(
+        self,
+        frontal: torch.Tensor,
+        lateral: Optional[torch.Tensor] = None,
+        has_lateral: Optional[torch.Tensor] = None,
+        block: int = -1,
+    ) -> torch.Tensor:
+        """Attention probabilities of one block: [B, heads, S, S], S = prefix + P.
+
+        Token order as in the sequence: prefix ([CLS]), N frontal, N lateral patches.
+        Rows/columns of a missing lateral are zero. Use e.g. probs[:, :, 1:1+N, 1+N:]
+        for how much each frontal patch attends to the lateral view.
+        """
+        depth = len(self.vit.blocks)
+        if not -depth <= block < depth:
+            raise IndexError(f"medst/models/vision.py: block {block} out of range for a {depth}-block ViT")
+        _, _, probs = self._encode(frontal, lateral, has_lateral, capture=block % depth)
+        return probs
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Weights from a .safetensors file or a torch file (loaded with weights_only=True)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"medst/models/vision.py: checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path, device="cpu")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"medst/models/vision.py: {path} does not hold a state dict")
+    return state
+
+
+def create_move(
+    model_name: str = "vit_base_patch16_224",
+    pretrained: bool = False,
+    checkpoint_path: Optional[str] = None,
+    lateral_init: str = "random",
+    **timm_kwargs,
+) -> MoVE:
+    """Build a MoVE image encoder through `timm.create_model`.
+
+    Args:
+        model_name: any timm ViT with a class token (e.g. "vit_base_patch16_224",
+            "vit_small_patch16_224"); tiny profiles pass e.g. img_size=64, patch_size=8,
+            embed_dim=64, depth=2, num_heads=2.
+        pretrained: timm's own pretrained weights (needs the hub unless cached).
+        checkpoint_path: a local file (.safetensors or torch) holding either a ViT state
+            dict (timm key names; the classifier is ignored, position embeddings are
+            resized by timm's filter) or a full MoVE state dict (keys `vit.*`,
+            `lateral_experts.*`).
+        lateral_init: "random" (published) or "frontal" (copy of the loaded frontal MLPs).
+    """
+    import timm
+    from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+    vit = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **timm_kwargs)
+    if not isinstance(vit, VisionTransformer):
+        raise ValueError(f"medst/models/vision.py: {model_name} is a {type(vit).__name__}, not a timm VisionTransformer")
+    state = _read_state_dict(str(checkpoint_path)) if checkpoint_path else None
+    if state is not None and any(k.startswith("lateral_experts.") for k in state):
+        move = MoVE(vit, lateral_init="random")
+        move.load_state_dict(state, strict=True)
+        return move
+    if state is not None:
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "attn_pool."))}
+        state = checkpoint_filter_fn(state, vit)
+        state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "attn_pool."))}
+        result = vit.load_state_dict(state, strict=False)
+        missing = [k for k in result.missing_keys if not k.startswith(("head.", "fc_norm.", "attn_pool."))]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"medst/models/vision.py: {checkpoint_path} does not match {model_name}: "
+                f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
+            )
+    return MoVE(vit, lateral_init=lateral_init)

@@ -1,0 +1,182 @@
+"""``medst bench``: how fast a profile's model trains, how well it uses the GPU, and how fast data arrives.
+
+Training steps run on synthetic batches of the profile's shapes (S sequences of L studies plus singles, half
+of the studies with a lateral view), so the model's speed is measured apart from the disk. Reported:
+
+- ``pairs_per_s`` and ``ms_per_step`` (forward, backward, optimiser step; median over timed steps),
+- ``peak_memory_gb`` (``torch.cuda.max_memory_allocated``; the process's peak RSS on a CPU),
+- ``mfu``: model FLOPs per step (PyTorch's FLOP counter over forward and backward) divided by the step time
+  and the device's dense bf16 peak; ``null`` on a CPU or an unknown GPU,
+- ``loader_images_per_s`` (with ``--data``): images the DataLoader delivers per second with the profile's
+  workers and cache, and ``loader_to_model_ratio``, pairs delivered per pair consumed (≥ 1.5 is the target).
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medst.chapter import resolve_device, seed_everything
+from medst.train.config import Config, load_profile
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
+BF16_PEAK = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12),
+             ("L40S", 362e12), ("A10G", 70e12), ("RTX 4090", 165e12)]
+
+
+def device_peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK if key in name), None)
+
+
+def synthetic_tokenizer(vocab_size: int):
+    """A WordPiece tokenizer trained on generated report-like text (no files, no downloads)."""
+    from medst.models.text import train_wordpiece_tokenizer
+
+    words = ["effusion", "pleural", "consolidation", "edema", "pneumothorax", "cardiomegaly", "heart", "lung",
+             "left", "right", "small", "moderate", "large", "increased", "decreased", "unchanged", "no", "with",
+             "compared", "prior", "radiograph", "the", "is", "has", "there", "and", "of", "bilateral", "basilar"]
+    g = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[i] for i in torch.randint(len(words), (40,), generator=g).tolist()) for _ in range(200)]
+    return train_wordpiece_tokenizer(texts, vocab_size=min(vocab_size, 2000))
+
+
+def synthetic_batch(cfg: Config, sequences: int, singles: int, vocab_size: int, device: torch.device):
+    """A :class:`Batch` of the profile's shapes with random pixels and tokens; every other study has a lateral."""
+    from medst.data.dataset import Batch
+
+    L, size, T = cfg.data.sequence_length, cfg.data.image_size, cfg.data.max_length
+    B = sequences * L + singles
+    has_lateral = torch.arange(B) % 2 == 0
+    ids = torch.randint(5, vocab_size, (B, T))
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP] of the synthetic tokenizer
+    batch = Batch(frontal=torch.randn(B, 3, size, size), lateral=torch.randn(int(has_lateral.sum()), 3, size, size),
+                  has_lateral=has_lateral, input_ids=ids, attention_mask=torch.ones(B, T, dtype=torch.long),
+                  num_sequences=sequences, sequence_length=L, study_ids=list(range(B)), subject_ids=list(range(B)),
+                  texts=[""] * B)
+    return batch.to(device)
+
+
+def bench_model(cfg: Config, device: torch.device, sequences: int, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """Time ``steps`` training steps at ``sequences`` sequences per batch (singles scaled as in the profile)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from medst.models.medst import build_medst
+    from medst.train.loop import param_groups
+
+    seed_everything(0)
+    tokenizer = synthetic_tokenizer(cfg.model.text.vocab_size)
+    model = build_medst(cfg, tokenizer).to(device)
+    vocab = min(len(tokenizer), model.text.model.config.vocab_size)
+    ratio = cfg.train.singles_per_batch / max(cfg.train.sequences_per_batch, 1)
+    batch = synthetic_batch(cfg, sequences, round(sequences * ratio), vocab, device)
+    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=1e-5,
+                            **({"fused": True} if device.type == "cuda" else {}))
+    forward = torch.compile(model) if cfg.train.compile else model
+    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" and device.type == "cuda"
+           else nullcontext())
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def step() -> None:
+        with amp:
+            loss = forward(batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    for _ in range(warmup):
+        step()
+    sync()
+    with FlopCounterMode(display=False) as counter:  # forward + backward FLOPs of one step
+        with amp:
+            loss = model(batch).loss
+        loss.backward()
+    opt.zero_grad(set_to_none=True)
+    flops = counter.get_total_flops()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    peak = device_peak_flops(device)
+    memory = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
+              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+    return {"sequences_per_batch": sequences, "pairs_per_step": batch.size, "ms_per_step": round(seconds * 1e3, 2),
+            "pairs_per_s": round(batch.size / seconds, 2), "flops_per_step": flops,
+            "tflops_per_s": round(flops / seconds / 1e12, 3), "mfu": round(flops / seconds / peak, 4) if peak else None,
+            "peak_memory_gb": round(memory, 3)}
+
+
+def bench_loader(cfg: Config, data_dir: Path, batches: int = 20) -> dict[str, Any]:
+    """Images and pairs per second delivered by the training DataLoader (profile's workers and cache)."""
+    from medst.data.dataset import make_loader
+    from medst.models.build import build_tokenizer
+
+    tokenizer = build_tokenizer(cfg, data_dir)
+    loader = make_loader(data_dir, tokenizer, split="train", image_size=cfg.data.image_size,
+                         sequences_per_batch=cfg.train.sequences_per_batch,
+                         singles_per_batch=cfg.train.singles_per_batch, train=True, num_workers=cfg.data.num_workers,
+                         max_length=cfg.data.max_length, sequence_length=cfg.data.sequence_length)
+    it = iter(loader)
+    next(it)  # start the workers
+    images = pairs = n = 0
+    start = time.perf_counter()
+    for batch in it:
+        images += batch.size + int(batch.has_lateral.sum())
+        pairs += batch.size
+        n += 1
+        if n == batches:
+            break
+    seconds = time.perf_counter() - start
+    return {"loader_images_per_s": round(images / seconds, 1), "loader_pairs_per_s": round(pairs / seconds, 1),
+            "loader_batches": n}
+
+
+def bench(cfg: Config, device: str = "auto", batch_sizes: list[int] | None = None, steps: int = 10,
+          data_dir: Path | None = None) -> dict[str, Any]:
+    """Benchmark each batch size, keep the fastest (pairs/s) that fits in memory, add the loader's speed."""
+    dev = resolve_device(device)
+    sizes = batch_sizes or [cfg.train.sequences_per_batch]
+    runs = []
+    for s in sizes:
+        try:
+            runs.append(bench_model(cfg, dev, s, steps=steps))
+        except torch.cuda.OutOfMemoryError:
+            runs.append({"sequences_per_batch": s, "error": "out of memory"})
+            torch.cuda.empty_cache()
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        raise RuntimeError(f"no batch size fitted: {runs}")
+    best = max(ok, key=lambda r: r["pairs_per_s"])
+    result = {"profile": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+              "torch": torch.__version__, "precision": cfg.train.precision, "compile": cfg.train.compile,
+              "threads": torch.get_num_threads(), **best, "tried": runs}
+    if data_dir is not None:
+        result.update(bench_loader(cfg, Path(data_dir)))
+        result["loader_to_model_ratio"] = round(result["loader_pairs_per_s"] / best["pairs_per_s"], 2)
+    return result
+
+
+def bench_main(args) -> None:
+    cfg = load_profile(args.profile, args.overrides)
+    sizes = [int(s) for s in args.batch_sizes.split(",")] if args.batch_sizes else None
+    result = bench(cfg, args.device, sizes, steps=args.steps, data_dir=args.data)
+    if not args.json:
+        for key, value in result.items():
+            if key != "tried":
+                print(f"{key:>24}: {value}")
+    print(json.dumps(result))

@@ -1,0 +1,120 @@
+"""Checkpoints that are written atomically and load without executing pickled code.
+
+A checkpoint is one ``torch.save`` file holding only tensors, numbers, strings, lists and dicts, so that
+``torch.load(..., weights_only=True)`` reads it. It carries the model, optimizer and scheduler states, every
+random number generator's state, the data position (epoch and batch within it) and the run's configuration.
+Files are written to a temporary name and renamed into place (``os.replace``), so a run killed at any moment
+leaves either the previous checkpoint or the new one, never half a file. ``latest`` names the newest.
+
+Final weights go to ``RUN/model.safetensors`` (safetensors: no code, memory-mappable).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Config keys that may differ between a checkpoint and the run resuming it.
+RESUMABLE_KEYS = {"name", "train.steps", "train.checkpoint_every", "train.log_every", "data.num_workers"}
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    write(tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) generator states, as plain tensors and lists."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": list(random.getstate()[1]),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate((3, tuple(state["python"]), None))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "kwargs":
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two config dicts (ignoring :data:`RESUMABLE_KEYS`)."""
+    a, b = flatten(saved), flatten(current)
+    return [f"{k}: checkpoint has {a.get(k)!r}, this run has {b.get(k)!r}"
+            for k in sorted(set(a) | set(b)) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``checkpoints/step_XXXXXXX.pt`` atomically, point ``latest`` at it, keep the newest ``keep``."""
+    folder = Path(run_dir) / "checkpoints"
+    path = folder / f"step_{step:07d}.pt"
+    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    _atomic_write(folder / "latest", lambda tmp: Path(tmp).write_text(path.name))
+    for old in sorted(folder.glob("step_*.pt"))[:-keep]:
+        old.unlink()
+    return path
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest"
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.exists() else None
+
+
+def load_checkpoint(path: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; refuse one written with a different configuration."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - name the file whatever went wrong
+        raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
+    if config is not None:
+        diff = config_differences(json.loads(state["config"]), config)
+        if diff:
+            raise ValueError(f"checkpoint {path} was written with a different configuration and cannot be resumed:\n  "
+                             + "\n  ".join(diff))
+    return state
+
+
+def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Final weights as safetensors (tied tensors handled by ``safetensors.torch.save_model``)."""
+    from safetensors.torch import save_model
+
+    _atomic_write(Path(path), lambda tmp: save_model(model, str(tmp), metadata=metadata))
+
+
+def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> torch.nn.Module:
+    from safetensors.torch import load_model
+
+    load_model(model, str(path), strict=strict)
+    return model

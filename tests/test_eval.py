@@ -1,0 +1,313 @@
+"""Downstream evaluation: metric helpers against hand-computed cases, and every task end to end on the phantom."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medst.eval.finetune import read_covidx_split, subsample
+from medst.eval.retrieval import recall_at_k, retrieval_ranks
+from medst.eval.sentence import best_threshold_accuracy, cross_validated_threshold_accuracy
+from medst.eval.temporal import majority_accuracy, pair_features, svm_cv_accuracy
+from medst.eval.zeroshot import zero_shot_scores
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metric helpers
+# ---------------------------------------------------------------------------------------------------------
+def test_recall_at_k_hand_computed():
+    sim = np.array([[0.9, 0.1, 0.0],
+                    [0.8, 0.5, 0.2],    # the right answer (0.5) is beaten by 0.8: rank 2
+                    [0.1, 0.2, 0.3]])
+    assert retrieval_ranks(sim).tolist() == [1, 2, 1]
+    assert recall_at_k(sim, ks=(1, 2, 3)) == {1: pytest.approx(2 / 3), 2: 1.0, 3: 1.0}
+    # report -> image ranks the columns: every diagonal entry is its column's largest
+    assert retrieval_ranks(sim.T).tolist() == [1, 1, 1]
+
+
+def test_recall_ties_count_against_and_positives_mask():
+    flat = np.ones((4, 4))
+    assert retrieval_ranks(flat).tolist() == [4, 4, 4, 4]       # a collapsed model retrieves nothing
+    assert recall_at_k(flat, ks=(1,))[1] == 0.0
+    # Items 0 and 1 are interchangeable (identical reports): either counts as a hit.
+    sim = np.array([[0.2, 0.9, 0.1], [0.3, 0.1, 0.0], [0.5, 0.4, 0.6]])
+    pos = np.array([[1, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=bool)
+    assert retrieval_ranks(sim).tolist() == [2, 2, 1]
+    assert retrieval_ranks(sim, pos).tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="positives"):
+        retrieval_ranks(np.zeros((2, 3)))
+
+
+def test_recall_matches_a_slow_reference():
+    rng = np.random.default_rng(0)
+    sim = rng.normal(size=(30, 30)).round(1)                    # rounding makes ties
+    ranks = [1 + sum(sim[i, j] >= sim[i, i] for j in range(30) if j != i) for i in range(30)]
+    assert retrieval_ranks(torch.tensor(sim)).tolist() == ranks
+    for k in (1, 5, 10):
+        assert recall_at_k(sim, (k,))[k] == pytest.approx(np.mean(np.array(ranks) <= k))
+
+
+def test_best_threshold_accuracy_hand_computed():
+    acc, t = best_threshold_accuracy([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    assert (acc, t) == (0.75, 0.35)                             # t = 0.35 and t = 0.8 tie; the smaller wins
+    acc, t = best_threshold_accuracy([0.2, 0.3, 0.7, 0.9], [0, 0, 1, 1])
+    assert (acc, t) == (1.0, 0.7)
+    acc, t = best_threshold_accuracy([0.9, 0.8, 0.7], [0, 0, 0])  # best: call everything negative
+    assert acc == 1.0 and math.isfinite(t) and t > 0.9
+
+
+def test_best_threshold_matches_brute_force():
+    rng = np.random.default_rng(1)
+    s, y = rng.normal(size=50).round(1), rng.integers(0, 2, size=50)
+    acc, t = best_threshold_accuracy(s, y)
+    brute = max(((s >= c).astype(int) == y).mean() for c in np.append(s, s.max() + 1))
+    assert acc == pytest.approx(brute)
+    assert ((s >= t).astype(int) == y).mean() == pytest.approx(acc)
+    # Held-out thresholds can only do worse on average than thresholds fitted on the same data.
+    assert cross_validated_threshold_accuracy(s, y) <= acc + 1e-12
+
+
+def test_subsample_stratified_at_least_one_per_class():
+    y = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    for fraction, expected in ((0.01, [1, 1, 1]), (0.1, [5, 3, 2]), (1.0, [50, 30, 20])):
+        idx = subsample(y, fraction, seed=0)
+        assert np.bincount(y[idx]).tolist() == expected
+        assert len(set(idx.tolist())) == len(idx)
+    assert subsample(y, 0.1, seed=3).tolist() == subsample(y, 0.1, seed=3).tolist()
+    assert subsample(y, 0.1, seed=3).tolist() != subsample(y, 0.1, seed=4).tolist()
+    with pytest.raises(ValueError):
+        subsample(y, 0.0)
+
+
+def test_svm_cross_validation_separable_and_random():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 8)) * 5
+    y = np.repeat(np.array(["improving", "stable", "worsening"]), 20)
+    x = centres[np.repeat(np.arange(3), 20)] + rng.normal(size=(60, 8)) * 0.1
+    acc, k = svm_cv_accuracy(x, y, folds=10)
+    assert acc == 1.0 and k == 10
+    noise = rng.normal(size=(60, 8))
+    acc_noise, _ = svm_cv_accuracy(noise, y, folds=5)
+    assert acc_noise < 0.7
+    # The rarest class (3 examples) caps the folds.
+    _, k = svm_cv_accuracy(x[:43], y[:43], folds=10)
+    assert k == 3
+    assert majority_accuracy(["a", "a", "b"]) == pytest.approx(2 / 3)
+    assert pair_features(np.ones((2, 3)), np.zeros((2, 3))).tolist() == [[1, 1, 1, 0, 0, 0]] * 2
+
+
+def test_zero_shot_scores():
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    scores = zero_shot_scores(images, torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert torch.allclose(scores, torch.tensor([1.0, -1.0, -0.2]))
+
+
+def test_missing_files_are_named(tmp_path):
+    from medst.eval.sentence import read_sentence_table
+    from medst.eval.temporal import read_image_table
+
+    with pytest.raises(FileNotFoundError, match=r"covidx[/\\]train\.txt"):
+        read_covidx_split(tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match="MS_CXR_T_temporal_image"):
+        read_image_table(tmp_path / "ms-cxr-t" / "MS_CXR_T_temporal_image_classification_v1.0.0.csv")
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("sentence_1,sentence_2,category\na,b,maybe\n")
+    with pytest.raises(ValueError, match="pairs.csv.*maybe"):
+        read_sentence_table(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# End to end on the phantom
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def run_dir(prepared_dir, tmp_path_factory):
+    """A ci-profile run pre-trained for 3 steps on the phantom."""
+    from medst.train.config import load_profile
+    from medst.train.loop import pretrain
+
+    run = tmp_path_factory.mktemp("eval-run")
+    pretrain(load_profile("ci", ["train.steps=3"]), prepared_dir, run, device="cpu", progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def results(run_dir, phantom_dir):
+    from medst.eval.run import evaluate
+
+    return evaluate(run_dir, phantom_dir, "all", device="cpu", finetune_epochs=1, progress=False)
+
+
+def _finite_numbers(tree) -> bool:
+    if isinstance(tree, dict):
+        return all(_finite_numbers(v) for v in tree.values())
+    if isinstance(tree, list):
+        return all(_finite_numbers(v) for v in tree)
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return math.isfinite(tree)
+    return True
+
+
+def test_every_task_gives_finite_metrics_in_range(results, run_dir, phantom_dir):
+    meta = results["meta"]
+    assert meta["profile"] == "ci" and meta["model"] == "checkpoint" and meta["seconds"] > 0
+    assert set(results) - {"meta"} | set(meta["skipped"]) == {"temporal-image", "temporal-text", "rsna-zeroshot",
+                                                              "covidx", "retrieval", "grounding"}
+    assert _finite_numbers(results)
+    json.dumps(results, allow_nan=False)
+    unit = lambda v: 0.0 <= v <= 1.0  # noqa: E731
+
+    text = results["temporal-text"]
+    assert unit(text["auc"]) and unit(text["accuracy"]) and unit(text["accuracy_cv"]) and text["n"] > 0
+    assert text["accuracy"] >= max(text["n_paraphrase"], text["n"] - text["n_paraphrase"]) / text["n"] - 1e-9
+    assert -1.0 <= text["threshold"] <= 1.0 + 1e-6
+
+    rsna = results["rsna-zeroshot"]
+    assert unit(rsna["auc"]) and unit(rsna["f1"]) and unit(rsna["accuracy"]) and rsna["n"] >= 40
+    labels = pd.read_csv(phantom_dir / "rsna" / "stage_2_train_labels.csv")
+    assert rsna["n"] == labels["patientId"].nunique()
+    assert rsna["prevalence"] == pytest.approx(labels.groupby("patientId")["Target"].max().mean())
+
+    cov = results["covidx"]
+    for p in ("1%", "10%", "100%"):
+        assert unit(cov[f"probe_acc@{p}"]) and unit(cov[f"finetune_acc@{p}"]) and cov[f"n_train@{p}"] >= 3
+    assert cov["n_train@1%"] <= cov["n_train@10%"] <= cov["n_train@100%"]
+    assert cov["n_train@100%"] == len(read_covidx_split(phantom_dir, "train"))
+
+    ret = results["retrieval"]
+    for k in (1, 5, 10):
+        assert unit(ret[f"i2t_r@{k}"]) and unit(ret[f"t2i_r@{k}"])
+    assert ret["i2t_r@1"] <= ret["i2t_r@5"] <= ret["i2t_r@10"] and ret["n"] >= 2
+    assert 1 <= ret["i2t_median_rank"] <= ret["n"]
+
+    if "temporal-image" in results:
+        tim = results["temporal-image"]
+        assert tim["findings_scored"] >= 1
+        assert unit(tim["mean_acc5"]) and unit(tim["mean_acc10"]) and unit(tim["mean_majority"])
+    if "grounding" in results:
+        g = results["grounding"]
+        assert 0 <= g["hits"] <= g["total"] and unit(g["accuracy"]) and unit(g["chance_accuracy"])
+
+
+def test_retrieval_studies_match_prepare(phantom_dir, prepared_dir):
+    """The test studies, views and report texts are those ``medst prepare`` chose."""
+    from medst.eval.retrieval import read_mimic_studies
+
+    mine = read_mimic_studies(phantom_dir / "mimic-cxr-jpg", "test").table
+    prepared = pd.read_csv(prepared_dir / "studies.csv", keep_default_na=False)
+    prepared = prepared[prepared["split"] == "test"].sort_values(["subject_id", "study_id"])
+    assert mine["study_id"].tolist() == prepared["study_id"].tolist()
+    assert mine["text"].tolist() == prepared["text"].tolist()
+    root = phantom_dir / "mimic-cxr-jpg"
+    assert mine["frontal"].tolist() == [str(root / p) for p in prepared["frontal"]]
+    assert mine["lateral"].tolist() == [str(root / p) if p else "" for p in prepared["lateral"]]
+
+
+def test_images_preprocessed_like_pretraining(phantom_dir, prepared_dir):
+    """Evaluation inputs equal the pre-training data set's centre crops of the prepared cache."""
+    from medst.data.dataset import StudyDataset, normalise
+    from medst.eval.embed import StudyImages
+
+    def model_input(x):  # the data set yields uint8 crops that its collator normalises per batch
+        return normalise(x) if x.dtype == torch.uint8 else x
+
+    ds = StudyDataset(prepared_dir, split="test", image_size=64, train=False)
+    root = phantom_dir / "mimic-cxr-jpg"
+    lateral = [str(root / p) if p else "" for p in ds.lateral_paths]
+    mine = StudyImages([str(root / p) for p in ds.frontal_paths], 64, lateral)
+    for i in range(min(len(ds), 4)):
+        front, lat, has_lat = mine[i]
+        ref = ds[i]
+        assert torch.equal(front, model_input(ref["frontal"]))
+        assert has_lat == (ref["lateral"] is not None)
+        if has_lat:
+            assert torch.equal(lat, model_input(ref["lateral"]))
+
+
+def test_cli_writes_results_and_random_baseline(run_dir, phantom_dir, tmp_path):
+    from medst.cli import main
+
+    out = tmp_path / "results.json"
+    main(["evaluate", "--checkpoint", str(run_dir), "--data", str(phantom_dir), "--task", "temporal-text,retrieval",
+          "--out", str(out), "--device", "cpu"])
+    saved = json.loads(out.read_text())
+    assert set(saved) == {"temporal-text", "retrieval", "meta"}
+    assert saved["meta"]["checkpoint"] == str(run_dir) and saved["meta"]["profile"] == "ci"
+
+    from medst.eval.embed import embed_texts, load_model
+    from medst.eval.run import evaluate
+
+    trained = load_model(run_dir, "cpu")
+    random_a = load_model(run_dir, "cpu", random_init=True, seed=0)
+    random_b = load_model(run_dir, "cpu", random_init=True, seed=0)
+    assert random_a.source == "random"
+    texts = ["no acute cardiopulmonary process", "small left pleural effusion"]
+    e_trained, e_random = embed_texts(trained, texts, progress=False), embed_texts(random_a, texts, progress=False)
+    assert torch.allclose(e_random, embed_texts(random_b, texts, progress=False))   # seeded
+    assert not torch.allclose(e_trained, e_random, atol=1e-3)                       # no weights loaded
+    assert torch.allclose(e_trained.norm(dim=1), torch.ones(2), atol=1e-5)
+    res = evaluate(run_dir, phantom_dir, "temporal-text", device="cpu", random_baseline=True, progress=False)
+    assert res["meta"]["model"] == "random" and 0 <= res["temporal-text"]["auc"] <= 1
+
+
+def test_missing_task_files_are_skipped_with_the_file_named(run_dir, phantom_dir, tmp_path, capsys):
+    from medst.cli import main
+    from medst.eval.run import evaluate
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_dir / "ms-cxr-t", data / "ms-cxr-t")
+    res = evaluate(run_dir, data, "temporal-text,covidx", device="cpu", progress=False)
+    assert "temporal-text" in res and "covidx" not in res
+    assert "covidx/train.txt" in res["meta"]["skipped"]["covidx"].replace("\\", "/")
+    assert "covidx" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="no task could run.*rsna"):
+        main(["evaluate", "--checkpoint", str(run_dir), "--data", str(data), "--task", "rsna-zeroshot",
+              "--out", str(tmp_path / "r.json"), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="unknown task"):
+        main(["evaluate", "--checkpoint", str(run_dir), "--data", str(data), "--task", "bogus",
+              "--out", str(tmp_path / "r.json"), "--device", "cpu"])
+
+
+def test_grounding_skipped_without_local_branch(run_dir, phantom_dir, tmp_path):
+    from medst.eval.embed import load_model
+    from medst.eval.run import evaluate
+
+    run = tmp_path / "global-only"
+    shutil.copytree(run_dir / "tokenizer", run / "tokenizer")
+    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg["loss"]["local_weight"] = 0.0
+    (run / "config.json").write_text(json.dumps(cfg))
+    em = load_model(run, "cpu", random_init=True)
+    assert not em.model.uses_local
+    res = evaluate(run, phantom_dir, "grounding", model=em, progress=False)
+    assert "grounding" not in res and "local alignment" in res["meta"]["skipped"]["grounding"]
+
+
+def test_phantom_probes_count_the_ground_truth(run_dir, phantom_dir):
+    from medst.eval.run import evaluate
+
+    res = evaluate(run_dir, phantom_dir, "progression-probe,lateral-probe", device="cpu", progress=False)
+    truth = pd.read_csv(phantom_dir / "ground_truth" / "studies.csv", keep_default_na=False)
+    truth = truth[truth["lateral_dicom_id"] != ""]
+    positive = truth[[c for c in truth.columns if c.endswith("_lateral_only")]].astype(int).sum(axis=1) > 0
+    negative = (truth["pleural_effusion_severity"].astype(float) <= 0) & ~positive
+    lat = res["lateral-probe"]
+    assert lat["n_positive"] == positive.sum() > 0 and lat["n"] == positive.sum() + negative.sum()
+    assert 0 <= lat["auc"] <= 1 and 0 <= lat["auc_frontal_only"] <= 1
+    prog = res["progression-probe"]
+    table = pd.read_csv(phantom_dir / "ground_truth" / "progression.csv", keep_default_na=False)
+    assert prog["pairs"] == len(table) and prog["findings_scored"] >= 1
+    assert prog["pleural_effusion_n"] == int((table["pleural_effusion_progression"] != "").sum())
+    assert 0 <= prog["mean_acc"] <= 1 and 0 < prog["mean_majority"] <= 1
+
+
+def test_grouped_folds_are_capped_by_groups():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 4)), np.array(["a", "b"] * 15)
+    _, k = svm_cv_accuracy(x, y, folds=10, groups=np.repeat([1, 2, 3], 10))
+    assert k == 3

@@ -1,0 +1,144 @@
+"""The pre-training loop: the loss falls, two processes equal one, a killed run resumes exactly, bad resumes fail."""
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from medst.train.checkpoint import latest_checkpoint, load_checkpoint
+from medst.train.config import load_profile
+from medst.train.loop import NonFiniteLoss, Trainer, pretrain
+
+EXACT = ["data.augment=false", "model.text.dropout=0.0"]
+
+
+def metrics(run: Path) -> list[dict[str, float]]:
+    return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader((run / "metrics.csv").open())]
+
+
+def test_ci_profile_loss_falls(prepared_dir, tmp_path):
+    cfg = load_profile("ci", ["train.steps=30"])
+    rows = pretrain(cfg, prepared_dir, tmp_path / "run", device="cpu", progress=False)
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.8 * first, f"loss did not fall: first five {first:.3f}, last five {last:.3f}"
+    logged = metrics(tmp_path / "run")
+    assert [r["step"] for r in logged] == list(range(1, 31))
+    assert {"global", "local", "temporal", "fmc", "rmr", "lr", "pairs_per_s"} <= set(logged[0])
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    assert (tmp_path / "run" / "tokenizer" / "tokenizer.json").exists()
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run"))  # weights_only=True inside
+    assert state["step"] == 30
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, prepared: str, run: str, overrides: list[str]) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cfg = load_profile("ci", overrides)
+    Trainer(cfg, prepared, run, device="cpu", progress=False).fit()
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one_process(prepared_dir, tmp_path):
+    common = EXACT + ["train.steps=4", "train.checkpoint_every=100", "train.lr=1e-4"]
+    one = tmp_path / "one"
+    torch.set_num_threads(1)
+    pretrain(load_profile("ci", common + ["train.sequences_per_batch=2", "train.singles_per_batch=4"]),
+             prepared_dir, one, device="cpu", progress=False)
+    two = tmp_path / "two"
+    torch.multiprocessing.spawn(_ddp_worker, nprocs=2, join=True,
+                                args=(2, _free_port(), str(prepared_dir), str(two),
+                                      common + ["train.sequences_per_batch=1", "train.singles_per_batch=2"]))
+    a, b = metrics(one), metrics(two)
+    assert len(a) == len(b) == 4
+    # Step 1 runs the same weights on the same studies: the forward pass (gathered negatives, BatchNorm over
+    # both processes) must agree to float precision. Later steps add the optimiser's updates; RMR divides by a
+    # variance that can be tiny (METHOD §6), which amplifies float rounding, so its tolerance is looser.
+    for key in ("loss", "global", "local", "temporal", "fmc", "rmr"):
+        assert a[0][key] == pytest.approx(b[0][key], rel=1e-4), ("step 1", key)
+    for ra, rb in zip(a[1:], b[1:]):
+        for key, rel in (("global", 2e-3), ("local", 2e-3), ("loss", 2e-2), ("temporal", 2e-2)):
+            assert ra[key] == pytest.approx(rb[key], rel=rel), (ra["step"], key, ra[key], rb[key])
+    wa, wb = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=1e-2, atol=2e-3, msg=name)
+
+
+def _pretrain_cmd(prepared: Path, run: Path, *extra: str) -> list[str]:
+    sets = ["train.steps=16", "train.checkpoint_every=4"]
+    cmd = [sys.executable, "-m", "medst.cli", "pretrain", "--profile", "ci", "--data", str(prepared),
+           "--out", str(run), "--device", "cpu"]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd + list(extra)
+
+
+def test_killed_run_resumes_to_the_same_weights(prepared_dir, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    full = tmp_path / "full"
+    subprocess.run(_pretrain_cmd(prepared_dir, full), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_pretrain_cmd(prepared_dir, run), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    target = run / "checkpoints" / "step_0000008.pt"
+    deadline = time.time() + 300
+    while not target.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.exists(), "the run never wrote its step-8 checkpoint"
+    assert not (run / "model.safetensors").exists(), "the run finished before it could be killed"
+    subprocess.run(_pretrain_cmd(prepared_dir, run, "--resume"), check=True, env=env, capture_output=True)
+
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert [r["step"] for r in metrics(run)] == [r["step"] for r in metrics(full)]
+
+
+def test_checkpoint_of_another_config_is_refused(prepared_dir, tmp_path):
+    run = tmp_path / "run"
+    pretrain(load_profile("ci", ["train.steps=2"]), prepared_dir, run, device="cpu", progress=False)
+    with pytest.raises(ValueError, match="(?s)different configuration.*embed_dim: checkpoint has 32, this run has 16"):
+        Trainer(load_profile("ci", ["train.steps=4", "model.embed_dim=16"]), prepared_dir, run, device="cpu",
+                resume=True, progress=False)
+    # A longer run of the same configuration may resume.
+    Trainer(load_profile("ci", ["train.steps=4"]), prepared_dir, run, device="cpu", resume=True, progress=False)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(prepared_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = Trainer(load_profile("ci", ["train.steps=6", "train.checkpoint_every=2"]), prepared_dir, run,
+                      device="cpu", progress=False)
+    real_forward = trainer.forward
+
+    def poisoned(batch):
+        out = real_forward(batch)
+        if trainer.step == 3:
+            out.loss = out.loss * float("nan")
+        return out
+
+    trainer.forward = poisoned
+    with pytest.raises(NonFiniteLoss, match="step 4: the loss is nan"):
+        trainer.fit()
+    assert latest_checkpoint(run).name == "step_0000002.pt"
+    assert not (run / "model.safetensors").exists()
