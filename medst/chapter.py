@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,8 @@ def setup(profile: str = "cpu", data_dir: str | os.PathLike = "_data", seed: int
     folder = Path(data_dir).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
+    # Without ipywidgets, tqdm.auto falls back to text bars: fine in a notebook, no need for a warning.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     dev = resolve_device(device)
     print(f"medst chapter: profile={profile} data_dir={folder} seed={seed} device={dev}")
     return Chapter(profile=profile, cfg=cfg, data_dir=folder, seed=seed, device=dev)

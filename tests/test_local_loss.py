@@ -1,5 +1,4 @@
 """Modality-weighted local alignment (METHOD.md §5) against a per-sample, per-word reference."""
-import copy
 import math
 
 import pytest

@@ -1,5 +1,4 @@
 """Temporal cycle consistency (METHOD.md §6) against a per-sequence, per-step reference."""
-import math
 
 import pytest
 import torch

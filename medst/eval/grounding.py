@@ -31,7 +31,6 @@ __all__ = ["FINDINGS", "PixelAffine", "letterbox_affine", "patch_centers", "spli
            "plot_attention"]
 
 FINDINGS = ("effusion", "consolidation", "edema", "pneumothorax", "pneumonia", "cardiomegaly")
-VIEWS = ("frontal", "lateral")
 BOX_COLUMNS = ("dicom_id", "view", "finding", "x_min", "y_min", "x_max", "y_max")
 
 ArrayLike = Any  # numpy arrays, torch tensors (any device) or nested sequences

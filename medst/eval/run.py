@@ -396,6 +396,11 @@ def frontal_only(prepared_dir: Union[str, os.PathLike], out_dir: Union[str, os.P
     return out
 
 
+def ablation_run_dir(out_dir: Union[str, os.PathLike], variant: str, seed: int) -> Path:
+    """Where :func:`run_ablation` keeps the run of ``variant`` (a :data:`VARIANTS` name) and ``seed``."""
+    return Path(out_dir) / "runs" / f"{variant.replace('+', 'plus-').replace(' ', '_')}-s{seed}"
+
+
 def ablation_metrics(em: EvalModel, data_root: Union[str, os.PathLike], *, lateral: bool = True, seed: int = 0,
                      max_pairs: Optional[int] = 2000, max_studies: Optional[int] = 300,
                      progress: bool = False) -> dict[str, float]:
@@ -434,7 +439,7 @@ def ablation_metrics(em: EvalModel, data_root: Union[str, os.PathLike], *, later
 def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.PathLike], *,
                  data_dir: Union[str, os.PathLike, None] = None, variants: Optional[Sequence[str]] = None,
                  overrides: Sequence[str] = (), device: str = "auto", random_baseline: bool = True,
-                 max_pairs: Optional[int] = 2000, max_studies: Optional[int] = 300,
+                 max_pairs: Optional[int] = 2000, max_studies: Optional[int] = 300, ctx=None,
                  progress: bool = True) -> "pd.DataFrame":
     """Pre-train every variant for every seed on the profile's phantom, evaluate, and tabulate.
 
@@ -442,6 +447,10 @@ def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.Path
     an interrupted ablation continues where it stopped. Returns one row per (variant, seed) with the metrics
     of :func:`ablation_metrics`; ``random_baseline`` adds a "random init" row per seed (the full model's
     architecture, untrained). Tables and the chart: :func:`summarise_ablation`, :func:`plot_ablation`.
+
+    The phantom and its prepared index come from ``ctx`` (a :class:`medst.chapter.Chapter`, e.g. a chapter's
+    own) or else from ``medst.chapter.setup(profile, data_dir, 0, device, overrides)``; ``seeds`` are training
+    seeds only, the data stay the same.
     """
     import pandas as pd
     from tqdm.auto import tqdm
@@ -451,8 +460,9 @@ def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.Path
     from medst.train.loop import pretrain
 
     out = Path(out_dir)
-    ctx = medst.chapter.setup(profile, data_dir if data_dir is not None else out / "_data", 0, device,
-                              list(overrides))
+    if ctx is None:
+        ctx = medst.chapter.setup(profile, data_dir if data_dir is not None else out / "_data", 0, device,
+                                  list(overrides))
     phantom, prepared = ctx.phantom_dir, ctx.prepared_dir
     prepared_frontal = frontal_only(prepared, ctx.data_dir / f"prepared-{profile}-frontal")
     chosen = [v for v in VARIANTS if variants is None or v.name in variants]
@@ -462,7 +472,7 @@ def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.Path
     rows = []
     jobs = [(v, s) for s in seeds for v in chosen]
     for variant, seed in tqdm(jobs, desc="ablation", disable=not progress):
-        run = out / "runs" / f"{variant.name.replace('+', 'plus-').replace(' ', '_')}-s{seed}"
+        run = ablation_run_dir(out, variant.name, seed)
         if not (run / "model.safetensors").exists():
             cfg = load_profile(profile, [*overrides, *variant.overrides, f"train.seed={seed}"])
             pretrain(cfg, prepared if variant.lateral else prepared_frontal, run, device=str(ctx.device),
@@ -480,6 +490,51 @@ def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.Path
     table = pd.DataFrame(rows)
     table["variant"] = pd.Categorical(table["variant"], categories=order, ordered=True)
     return table.sort_values(["variant", "seed"]).reset_index(drop=True)
+
+
+# component -> (variant with it, variant without it, the metric that judges it)
+COMPARISONS = (
+    ("local alignment", "+local", "global", "grounding_acc"),
+    ("MoVE", "+MoVE", "+local", "lateral_auc"),
+    ("FMC", "+FMC", "+MoVE", "progression_acc"),
+    ("RMR", "+RMR", "+MoVE", "progression_acc"),
+    ("FMC + RMR", "Med-ST", "+MoVE", "progression_acc"),
+)
+
+
+def ablation_verdicts(table: "pd.DataFrame", noise_floor: float = 0.02) -> "pd.DataFrame":
+    """For each component, its variant against the variant without it, on the component's target metric.
+
+    ``difference`` = mean(with) - mean(without) over seeds; ``se`` its standard error (None with one seed).
+    Verdict: "helped" / "hurt" when |difference| > 2·se (with several seeds) or > ``noise_floor`` (one seed),
+    else "no clear difference". The local alignment has no "without" (a model without the local branch
+    cannot point), so it is judged against the pointing game's chance level instead.
+    """
+    import pandas as pd
+
+    rows = []
+    for component, with_, without, metric in COMPARISONS:
+        a = table.loc[table["variant"] == with_, metric].dropna().to_numpy(float) if metric in table else []
+        if len(a) == 0:
+            continue
+        if metric == "grounding_acc":
+            b, reference = table.loc[table["variant"] == with_, "grounding_chance"].dropna().to_numpy(float), "chance"
+        else:
+            b = table.loc[table["variant"] == without, metric].dropna().to_numpy(float)
+            reference = without
+        if len(b) == 0:
+            continue
+        diff = float(a.mean() - b.mean())
+        se = (float(np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+              if len(a) > 1 and len(b) > 1 else None)
+        margin = 2 * se if se is not None else noise_floor
+        verdict = "helped" if diff > margin else "hurt" if diff < -margin else "no clear difference"
+        if se is None:
+            verdict += " (one seed: no error bar)"
+        rows.append({"component": component, "metric": metric, "with": with_, "against": reference,
+                     "mean_with": float(a.mean()), "mean_against": float(b.mean()), "difference": diff, "se": se,
+                     "seeds": int(min(len(a), len(b))), "verdict": verdict})
+    return pd.DataFrame(rows)
 
 
 def summarise_ablation(table: "pd.DataFrame") -> "pd.DataFrame":
