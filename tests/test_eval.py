@@ -311,3 +311,52 @@ def test_grouped_folds_are_capped_by_groups():
     x, y = rng.normal(size=(30, 4)), np.array(["a", "b"] * 15)
     _, k = svm_cv_accuracy(x, y, folds=10, groups=np.repeat([1, 2, 3], 10))
     assert k == 3
+
+
+def test_pointing_chance_hand_computed_and_by_sampling():
+    from medst.eval.grounding import GroundingItem, PixelAffine, pointing_game
+    from medst.eval.run import pointing_chance
+
+    boxes = pd.DataFrame({"dicom_id": ["f1", "f1", "l1"], "view": ["frontal", "frontal", "lateral"],
+                          "finding": ["pleural_effusion", "edema", "pleural_effusion"],
+                          "x_min": [0, 0, 0], "y_min": [0, 0, 0], "x_max": [2, 4, 4], "y_max": [2, 4, 2]})
+    identity = PixelAffine(1.0, 1.0, 0.0, 0.0)
+    item = GroundingItem(np.zeros((2, 8)), ["small", "effusion"], {"frontal": ("f1", identity),
+                                                                   "lateral": ("l1", identity)})
+    # grid 2x2 on a 4-pixel input: centres (1,1) (3,1) (1,3) (3,3); the frontal box holds 1 of 4, the lateral 2 of 4;
+    # "edema" is not in the report, so its box makes no trial.
+    chance, trials = pointing_chance([item], boxes, grid=(2, 2), input_size=4)
+    assert trials == 2 and chance == pytest.approx((0.25 + 0.5) / 2)
+    rng = np.random.default_rng(0)
+    draws = [pointing_game([GroundingItem(rng.random((2, 8)), item.words, item.views)], boxes, grid=(2, 2),
+                           input_size=4)["accuracy"] for _ in range(400)]
+    assert np.mean(draws) == pytest.approx(chance, abs=0.05)
+
+
+def test_ablation_helpers(prepared_dir, tmp_path):
+    from medst.eval.run import ablation_markdown, ablation_verdicts, frontal_only, summarise_ablation
+
+    rows = [{"variant": v, "seed": s, "lateral_auc": a + noise, "progression_acc": p + noise, "grounding_acc": g,
+             "grounding_chance": 0.1}
+            for v, a, p, g in [("global", 0.50, 0.40, np.nan), ("+local", 0.52, 0.41, 0.30),
+                               ("+MoVE", 0.80, 0.40, 0.31), ("+FMC", 0.80, 0.40, 0.3),
+                               ("+RMR", 0.80, 0.39, 0.3), ("Med-ST", 0.79, 0.60, 0.3)]
+            for s, noise in ((0, -0.01), (1, 0.01))]
+    table = pd.DataFrame(rows)
+    verdicts = ablation_verdicts(table).set_index("component")["verdict"]
+    assert verdicts["MoVE"] == "helped" and verdicts["FMC + RMR"] == "helped"
+    assert verdicts["RMR"] == "no clear difference" and verdicts["local alignment"] == "helped"
+    summary = summarise_ablation(table)
+    assert summary.loc["+MoVE", "lateral_auc_mean"] == pytest.approx(0.80)
+    assert summary.loc["+MoVE", "lateral_auc_std"] == pytest.approx(np.std([0.79, 0.81], ddof=1))
+    assert "| global | 2 | 0.500 ± 0.014 |" in ablation_markdown(summary)
+    # "Without MoVE" training data: the same studies with no lateral view.
+    frontal = frontal_only(prepared_dir, tmp_path / "frontal")
+    before = pd.read_csv(prepared_dir / "studies.csv", keep_default_na=False)
+    after = pd.read_csv(frontal / "studies.csv", keep_default_na=False)
+    assert (before["lateral"] != "").any() and (after["lateral"] == "").all()
+    assert after["study_id"].tolist() == before["study_id"].tolist()
+    from medst.data.dataset import StudyDataset
+
+    ds = StudyDataset(frontal, split="train", image_size=64, train=False)
+    assert not any(ds.has_lateral) and ds[0]["lateral"] is None

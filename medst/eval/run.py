@@ -153,19 +153,50 @@ def grounding_items(em: EvalModel, studies, *, batch_size: int = 16, progress: b
     return items
 
 
+def pointing_chance(items: Sequence[Any], boxes, *, grid: tuple[int, int], input_size: int) -> tuple[float, int]:
+    """Expected pointing-game accuracy of a pointer that picks a patch uniformly at random.
+
+    The trials are those of :func:`medst.eval.grounding.pointing_game` (a study, a view with boxes of a finding,
+    the finding named in the report); a trial's chance is the share of the view's patch centres, mapped to
+    original pixels, that fall inside one of the finding's boxes. Returns (mean chance, number of trials).
+    """
+    from medst.eval.grounding import finding_positions, load_boxes, patch_centers, split_views
+
+    table = load_boxes(boxes)
+    by_image = {key: g[["x_min", "y_min", "x_max", "y_max"]].to_numpy(dtype=np.float64)
+                for key, g in table.groupby(["dicom_id", "finding"])}
+    names = sorted(table["finding"].unique())
+    centres = patch_centers(grid, input_size)
+    chances = []
+    for item in items:
+        maps = split_views(item.attention, grid)
+        for finding in names:
+            if not finding_positions(item.words, finding):
+                continue
+            for view, (dicom_id, affine) in item.views.items():
+                lesion = by_image.get((dicom_id, finding))
+                if lesion is None or view not in maps:
+                    continue
+                x, y = affine.to_original(centres).T                              # [N] each
+                inside = ((lesion[:, 0, None] <= x) & (x <= lesion[:, 2, None])
+                          & (lesion[:, 1, None] <= y) & (y <= lesion[:, 3, None])).any(axis=0)
+                chances.append(float(inside.mean()))
+    return (float(np.mean(chances)) if chances else math.nan), len(chances)
+
+
 def grounding(em: EvalModel, data_root: Union[str, os.PathLike], *, split: Union[str, Sequence[str], None] = "test",
-              chance_draws: int = 20, max_studies: Optional[int] = None, use_lateral: bool = True,
+              max_studies: Optional[int] = None, use_lateral: bool = True,
               seed: int = 0, progress: bool = True) -> dict[str, float]:
     """Pointing game on the ``split`` studies that have lesion boxes (``ground_truth/boxes.csv``).
 
     ``split`` may be one split, several, or None (all: boxes are never used in training); ``max_studies``
     keeps a seeded random subset; ``use_lateral=False`` shows the model frontal views only (and scores them only).
 
-    Returns ``accuracy``, ``hits``, ``total``, ``chance_accuracy`` (the same game with uniformly random
-    attention maps, mean of ``chance_draws`` draws), and ``{finding}_accuracy`` / ``{view}_accuracy`` with their
+    Returns ``accuracy``, ``hits``, ``total``, ``chance_accuracy`` (the expected accuracy of pointing at a
+    uniformly random patch, :func:`pointing_chance`), and ``{finding}_accuracy`` / ``{view}_accuracy`` with their
     ``_total`` counts. Raises :class:`TaskSkipped` for a model without the local branch or when no trial exists.
     """
-    from medst.eval.grounding import GroundingItem, load_boxes, pointing_game
+    from medst.eval.grounding import load_boxes, pointing_game
     from medst.eval.retrieval import read_mimic_studies
 
     if not em.model.uses_local:
@@ -191,11 +222,11 @@ def grounding(em: EvalModel, data_root: Union[str, os.PathLike], *, split: Union
     game = pointing_game(items, boxes, **kw)
     if game["total"] == 0:
         raise TaskSkipped(f"no {split} study names a boxed finding in its report: no pointing-game trial")
-    rng = np.random.default_rng(seed)
-    chance = [pointing_game([GroundingItem(rng.random(np.shape(it.attention)), it.words, it.views)
-                             for it in items], boxes, **kw)["accuracy"] for _ in range(chance_draws)]
+    chance, trials = pointing_chance(items, boxes, **kw)
+    if trials != game["total"]:  # the two must enumerate the same trials
+        raise RuntimeError(f"pointing_chance counted {trials} trials, pointing_game {game['total']}")
     out: dict[str, float] = {"accuracy": game["accuracy"], "hits": game["hits"], "total": game["total"],
-                             "chance_accuracy": float(np.mean(chance)), "studies": int(len(items))}
+                             "chance_accuracy": chance, "studies": int(len(items))}
     for group in ("per_finding", "per_view"):
         for name, res in game[group].items():
             if res["total"]:

@@ -203,6 +203,10 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, lowe
     single sentences are wrapped as "[CLS] text [SEP]".
     Returns a `transformers.PreTrainedTokenizerFast` (save with `save_pretrained`, reload
     with `AutoTokenizer.from_pretrained(dir)`).
+
+    The trainer breaks frequency ties in hash order, which differs between processes, so two trainings on
+    the same corpus may give different ids; `medst.models.build.build_tokenizer` therefore trains once per
+    prepared data set and keeps the result beside it.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
