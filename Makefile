@@ -6,7 +6,7 @@ PROFILE ?= cpu
 BUILD  ?= _build
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test test-fast book execute html student reproduce bench clean
+.PHONY: venv browser test test-fast book execute html student reproduce bench benchmarks clean
 
 venv: $(VENV)/.installed
 
@@ -19,8 +19,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev,book,offline-text]"
 	touch $@
 
-test: venv
-	$(PY) -m pytest -q tests
+# Headless Chromium for the browser test (installed with apt-get when root; otherwise the test skips).
+browser:
+	@.ci/install-browser.sh
+
+test: venv browser
+	$(PY) -m pytest -q tests --durations=15
 
 test-fast: venv
 	$(PY) -m pytest -q tests -m "not notebooks"
@@ -43,6 +47,10 @@ reproduce: book
 
 bench: venv
 	$(VENV)/bin/medst bench --profile $(PROFILE)
+
+# Every speed benchmark of the repository on this machine; results go to benchmarks/results/.
+benchmarks: venv
+	PYTHON=$(PY) benchmarks/run_all.sh
 
 clean:
 	rm -rf $(BUILD) .pytest_cache

@@ -624,9 +624,8 @@ def plot_ablation(summary: "pd.DataFrame", metrics: Sequence[str] = tuple(ABLATI
 def write_ablation(table: "pd.DataFrame", out_dir: Union[str, os.PathLike]) -> dict[str, Path]:
     """Write ``ablation_runs.csv`` (one row per run), ``ablation.csv``/``.json``/``.md`` (mean ± std) and
     ``ablation.png`` (bar chart) under ``out_dir``; returns their paths."""
-    import matplotlib
+    import matplotlib.pyplot as plt
 
-    matplotlib.use("Agg", force=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise_ablation(table)
@@ -640,4 +639,5 @@ def write_ablation(table: "pd.DataFrame", out_dir: Union[str, os.PathLike]) -> d
     paths["markdown"].write_text(ablation_markdown(summary) + "\n")
     fig = plot_ablation(summary)
     fig.savefig(paths["chart"], dpi=120, bbox_inches="tight")
+    plt.close(fig)  # written, not shown
     return paths
