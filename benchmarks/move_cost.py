@@ -60,7 +60,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--amp", action="store_true", help="bf16 autocast")
     ap.add_argument("--tiny", action="store_true", help="a tiny ViT at 64 px (quick check)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device)
     kwargs = dict(img_size=args.img_size)

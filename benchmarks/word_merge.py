@@ -100,7 +100,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--vocab", type=int, default=28996)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     ids, attention, continuation = synthetic_batch(args.reports, args.tokens, args.vocab, seed=0)
     hidden = torch.randn(args.reports, args.tokens, args.dim)

@@ -379,6 +379,36 @@ def test_lateral_only_effusions_are_invisible_on_the_frontal_view(gt):
         assert diff["lateral"] >= R.VISIBLE_LEVELS
 
 
+def test_lateral_only_effusion_blunts_the_posterior_recess():
+    """A small effusion changes >= 20 lateral pixels by >= 10 grey levels at 64 px (a visible blunting, not a
+    one-pixel sliver) and the frontal image by < 1.5; the air space it pushes forward lies in the dome (soft
+    tissue), checked by sampling points independently of the ray integrals."""
+    checked = 0
+    for index in range(40):
+        plan = P.plan_patient(SEED + 7, index, 40, SIZE)
+        for k, st in enumerate(plan.studies):
+            if not st.lateral_only("pleural_effusion"):
+                continue
+            d = {view: P.render_study_view(plan, k, view, noise=False).clean
+                 - P.render_study_view(plan, k, view, exclude=("pleural_effusion",), noise=False).clean
+                 for view in R.VIEWS}
+            assert np.abs(d["frontal"]).max() < 1.5
+            assert (d["lateral"] >= 10).sum() >= 20, (index, k, int((d["lateral"] >= 10).sum()))
+            an = plan.anatomy
+            for les in R.lesions_for("pleural_effusion", st.severity["pleural_effusion"],
+                                     plan.sides["pleural_effusion"], an):
+                low, high = les.blobs[0].extent()
+                pts = np.random.default_rng(0).uniform(low, high, size=(4000, 3))
+                fluid = les.blobs[0].contains(pts) & an.lungs[les.side].contains(pts)
+                for c in an.cuts(les.side):
+                    fluid &= ~c.contains(pts)
+                assert fluid.sum() > 50
+                moved = pts[fluid] + np.array([0.0, les.displace, 0.0])
+                assert an.domes[les.side].contains(moved).mean() > 0.98
+            checked += 1
+    assert checked >= 5
+
+
 def test_render_function_reproduces_the_stored_images(gt):
     root = gt["root"] / "mimic-cxr-jpg" / "files"
     for index in (0, 7):

@@ -21,7 +21,8 @@ _SIGN = {"right": -1.0, "left": 1.0}
 LUNG_DENSITY = 0.2        # parenchyma, relative to soft tissue (air 0, soft tissue 1)
 BONE_EXTRA = 1.0          # bone = soft tissue + 1
 LATERAL_ONLY_MAX = 0.2    # pleural effusions up to this severity lie in the posterior recess only ...
-POSTERIOR_LAYER = 0.014   # ... as a sheet of this half-thickness along the frontal rays
+POSTERIOR_LAYER = 0.08    # ... at least this deep (half-extent along y, the frontal rays), and push the lung
+                          # base forward (``Lesion.displace``) so that no frontal ray sees them
 
 
 @dataclass
@@ -195,6 +196,11 @@ class Lesion:
     ``kind`` is "fluid" (``blobs`` filled to ``fill`` inside the ``side`` lung's air space), "ptx" (that
     lung collapses towards ``pivot`` by ``factor``, leaving a pleural air gap) or "heart" (``heart``
     replaces the normal heart).
+
+    ``displace`` (fluid only, world units along y, < 0: anteriorly): the fluid pushes the lung base forward,
+    so the air space it takes reappears, as the same shape moved by ``displace`` along y, in place of the soft
+    tissue of the diaphragm dome in front of it. Every frontal ray (along y) then crosses as much fluid as it
+    gains air: the lesion cancels exactly on the frontal view and shows on the lateral view only.
     """
 
     finding: str
@@ -205,6 +211,7 @@ class Lesion:
     pivot: Optional[np.ndarray] = None
     factor: float = 1.0
     heart: Optional[Ellipsoid] = None
+    displace: float = 0.0
 
 
 def lung_recess(anatomy: Anatomy, side: str, n: int = 16) -> dict:
@@ -270,18 +277,21 @@ def lesions_for(finding: str, severity: float, side: str, anatomy: Anatomy) -> l
         if finding == "pleural_effusion":
             p = anatomy.sites[f"effusion_{sd}"]
             if sev <= LATERAL_ONLY_MAX:
-                # A small effusion lies in the posterior costophrenic recess, the lowest point of the lung,
-                # as a sheet thin along the frontal rays (at most 2·POSTERIOR_LAYER of fluid, seen against
-                # the dense upper abdomen) but long along the lateral rays.
-                c = p["recess"] + np.array([0.0, 0.0, 0.03 + 0.2 * sev])
-                blobs = [Ellipsoid.make(c, (p["recess_width"] * (1.0 + sev), POSTERIOR_LAYER, 0.04 + 0.2 * sev))]
+                # A small effusion fills the posterior costophrenic recess, the lowest point of the lung, up
+                # to a level that rises with the amount; it lies behind the dome and pushes the lung base
+                # forward by its own depth, so along each frontal ray the fluid replaces as much air as the
+                # base gains in front of it (no net change; seen against the upper abdomen) while the lateral
+                # rays, along x, cross its whole width: a blunted posterior costophrenic angle.
+                depth = POSTERIOR_LAYER + 0.3 * sev
+                c = p["recess"] + np.array([0.0, 0.5 * depth, 0.0])
+                blobs = [Ellipsoid.make(c, (p["recess_width"] * (1.0 + sev) + 0.1, depth, 0.22 + 1.0 * sev))]
+                out.append(Lesion(finding, sd, "fluid", blobs, fill=1.0, displace=-(2.0 * depth + 0.02)))
             else:
                 # Larger: the air space below a meniscus that rises with the amount of fluid and is higher
                 # laterally and posteriorly.
                 level = p["bottom"] + 0.02 + 1.3 * sev
                 c = np.array([lung.center[0] + s * p["lateral"], p["posterior"], level - 0.9])
-                blobs = [Ellipsoid.make(c, (0.75, 0.9, 0.9))]
-            out.append(Lesion(finding, sd, "fluid", blobs, fill=1.0))
+                out.append(Lesion(finding, sd, "fluid", [Ellipsoid.make(c, (0.75, 0.9, 0.9))], fill=1.0))
         elif finding == "consolidation":       # one dense, lobe-shaped opacity
             p = anatomy.sites[f"consolidation_{sd}"]
             r = 0.09 + 0.13 * sev

@@ -67,14 +67,19 @@ class ViewRender:
 
     def box(self, j: int) -> Optional[tuple[int, int, int, int]]:
         """(x_min, y_min, x_max, y_max) of lesion ``j`` in pixel edges (pixel i covers [i, i + 1)), or None
-        when it is not visible in this view. Fluid: where it changes the image; pneumothorax: the lucent
-        gap; cardiomegaly: the cardiac silhouette above the diaphragm."""
+        when it is not visible in this view. Fluid: where it changes the image (where it makes it denser for
+        fluid that displaces the lung base); pneumothorax: the lucent gap; cardiomegaly: the cardiac silhouette above the diaphragm."""
         if not self.visible(j):
             return None
         les = self.lesions[j]
         if les.kind == "heart":
             return self.heart_boxes.get(j)
-        d = -self.lesion_delta[j] if les.kind == "ptx" else np.abs(self.lesion_delta[j])
+        if les.kind == "ptx":
+            d = -self.lesion_delta[j]
+        elif les.displace:   # the fluid itself, not the air space it pushed forward
+            d = np.maximum(self.lesion_delta[j], 0.0)
+        else:
+            d = np.abs(self.lesion_delta[j])
         mask = d >= max(0.5 * VISIBLE_LEVELS, (0.35 if les.kind == "ptx" else 0.15) * float(d.max()))
         if not mask.any():
             return None
@@ -245,9 +250,17 @@ def render_view(anatomy: Anatomy, lesions: Sequence[Lesion], view: str, shape: t
                     if bwin is None:
                         continue
                     ca = COL_AXIS[view]
-                    thin = min(high[ca] - low[ca], high[2] - low[2]) < 4 * grid.pitch
-                    deltas[j][bwin] += les.fill * lung_gap * _fluid_length(lung, cut_shapes, b, grid, bwin,
-                                                                           4 if thin else 1)
+                    ss = 4 if min(high[ca] - low[ca], high[2] - low[2]) < 4 * grid.pitch else 1
+                    deltas[j][bwin] += les.fill * lung_gap * _fluid_length(lung, cut_shapes, b, grid, bwin, ss)
+                    if les.displace:
+                        # the lung base pushed forward: the same air space, moved by ``displace`` along y,
+                        # replaces soft tissue (along y, i.e. on frontal rays, this cancels the fluid)
+                        move = (0.0, les.displace, 0.0)
+                        m_lung, m_blob = lung.shifted(move), b.shifted(move)
+                        mwin = window_overlap(grid.window(*m_lung.extent()), grid.window(*m_blob.extent()))
+                        if mwin is not None:
+                            deltas[j][mwin] -= les.fill * lung_gap * _fluid_length(
+                                m_lung, [c.shifted(move) for c in cut_shapes], m_blob, grid, mwin, ss)
             elif les.kind == "ptx" and les.side == side:
                 # the lung collapses towards its root keeping its mass (denser by factor⁻³) and leaves a
                 # pleural air gap; the visceral pleura shows as a thin line where air lies beyond it
