@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "grounding or all")
     p.add_argument("--out", type=Path, default=Path("results.json"), help="JSON file for the results")
     p.add_argument("--device", default="auto")
+    p.add_argument("--random-baseline", action="store_true",
+                   help="evaluate a randomly initialised model of the same architecture instead")
+    p.add_argument("--seed", type=int, default=0, help="seed for cross-validation splits and fine-tuning")
+    p.add_argument("--finetune-epochs", type=int, default=None, help="COVIDx fine-tuning epochs (default: by profile)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("bench", help="training throughput, MFU, peak memory, data loader speed",

@@ -63,7 +63,7 @@ class TaskSkipped(Exception):
 def required_files(task: str) -> list[str]:
     """Paths (relative to the data root) a task needs; a ``*.gz`` alternative is accepted for MIMIC CSVs."""
     from medst.data.mimic import METADATA_NAME, SPLIT_NAME
-    from medst.eval import finetune, sentence, temporal, zeroshot
+    from medst.eval import sentence, temporal, zeroshot
 
     mimic = [f"mimic-cxr-jpg/{METADATA_NAME}", f"mimic-cxr-jpg/{SPLIT_NAME}"]
     return {

@@ -49,15 +49,18 @@ def synthetic_tokenizer(vocab_size: int):
     return train_wordpiece_tokenizer(texts, vocab_size=min(vocab_size, 2000))
 
 
-def synthetic_batch(cfg: Config, sequences: int, singles: int, vocab_size: int, device: torch.device):
-    """A :class:`Batch` of the profile's shapes with random pixels and tokens; every other study has a lateral."""
+def synthetic_batch(cfg: Config, sequences: int, singles: int, tokenizer, device: torch.device):
+    """A :class:`Batch` of the profile's shapes with random pixels and full-length random reports
+    (ordinary tokens of ``tokenizer`` between its [CLS] and [SEP]); every other study has a lateral."""
     from medst.data.dataset import Batch
 
     L, size, T = cfg.data.sequence_length, cfg.data.image_size, cfg.data.max_length
     B = sequences * L + singles
     has_lateral = torch.arange(B) % 2 == 0
-    ids = torch.randint(5, vocab_size, (B, T))
-    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP] of the synthetic tokenizer
+    special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    ordinary = torch.tensor([i for i in range(len(tokenizer)) if i not in set(special.tolist())])
+    ids = ordinary[torch.randint(len(ordinary), (B, T))]
+    ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
     batch = Batch(frontal=torch.randn(B, 3, size, size), lateral=torch.randn(int(has_lateral.sum()), 3, size, size),
                   has_lateral=has_lateral, input_ids=ids, attention_mask=torch.ones(B, T, dtype=torch.long),
                   num_sequences=sequences, sequence_length=L, study_ids=list(range(B)), subject_ids=list(range(B)),
@@ -75,9 +78,8 @@ def bench_model(cfg: Config, device: torch.device, sequences: int, steps: int = 
     seed_everything(0)
     tokenizer = synthetic_tokenizer(cfg.model.text.vocab_size)
     model = build_medst(cfg, tokenizer).to(device)
-    vocab = min(len(tokenizer), model.text.model.config.vocab_size)
     ratio = cfg.train.singles_per_batch / max(cfg.train.sequences_per_batch, 1)
-    batch = synthetic_batch(cfg, sequences, round(sequences * ratio), vocab, device)
+    batch = synthetic_batch(cfg, sequences, round(sequences * ratio), model.text.tokenizer, device)
     opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=1e-5,
                             **({"fused": True} if device.type == "cuda" else {}))
     forward = torch.compile(model) if cfg.train.compile else model
