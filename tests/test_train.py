@@ -148,3 +148,31 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(prepared_dir, tmp_
         trainer.fit()
     assert latest_checkpoint(run).name == "step_0000002.pt"
     assert not (run / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ([], {"global", "local", "temporal", "fmc", "rmr"}),
+    (["loss.local_weight=0"], {"global", "temporal", "fmc", "rmr"}),
+    (["loss.temporal_weight=0"], {"global", "local"}),
+    (["loss.rmr=false"], {"global", "local", "temporal", "fmc"}),
+    (["loss.fmc=false", "loss.global_weight=2.0"], {"global", "local", "temporal", "rmr"}),
+])
+def test_medst_terms_are_switchable_and_weighted(overrides, expected):
+    from medst.models.medst import build_medst
+    from medst.train.bench import synthetic_batch, synthetic_tokenizer
+
+    cfg = load_profile("ci", overrides)
+    torch.manual_seed(0)
+    model = build_medst(cfg, synthetic_tokenizer(cfg.model.text.vocab_size))
+    if cfg.loss.local_weight == 0:  # a switched-off term's modules are not built
+        assert model.local_alignment is None and not any("local" in n for n, _ in model.named_parameters())
+    out = model(synthetic_batch(cfg, 2, 3, model.text.tokenizer, torch.device("cpu")))
+    assert set(out.terms) == expected
+    c = cfg.loss
+    total = (c.global_weight * out.terms["global"] + c.local_weight * out.terms.get("local", 0.0)
+             + c.temporal_weight * out.terms.get("temporal", 0.0))
+    torch.testing.assert_close(out.loss.detach(), torch.as_tensor(total))
+    if "temporal" in out.terms:
+        torch.testing.assert_close(out.terms["temporal"], out.terms.get("fmc", 0.0) + out.terms.get("rmr", 0.0))
+    out.loss.backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "out_proj" not in n)

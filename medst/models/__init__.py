@@ -1,5 +1,6 @@
-"""Encoders and projection heads of Med-ST (METHOD §2-§3)."""
+"""Encoders, projection heads and the full Med-ST model (METHOD §2-§3, §7)."""
 from medst.models.heads import GlobalHead, LocalHead
+from medst.models.medst import MedST, MedSTOutput, build_medst, load_run
 from medst.models.text import (
     TextEncoder,
     TextOutput,
@@ -12,6 +13,10 @@ from medst.models.vision import MoVE, VisionOutput, create_move
 __all__ = [
     "GlobalHead",
     "LocalHead",
+    "MedST",
+    "MedSTOutput",
+    "build_medst",
+    "load_run",
     "MoVE",
     "TextEncoder",
     "TextOutput",
