@@ -113,6 +113,22 @@ class Chapter:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def short_run(self, max_steps: int = 100, progress: bool = True) -> Path:
+        """The short pre-training run that chapters 5 and 6 look inside, trained on first use.
+
+        The profile's configuration with ``train.steps`` capped at ``max_steps``: enough for the local and
+        temporal terms to move, short enough for a chapter (about 4 minutes under ``cpu`` on two cores).
+        Whichever chapter runs first trains it; the other loads it.
+        """
+        from medst.train.loop import Trainer
+
+        run = self.run_dir("short")
+        if not (run / "model.safetensors").exists():
+            cfg = self.cfg.override(f"train.steps={min(self.cfg.train.steps, max_steps)}")
+            Trainer(cfg, self.prepared_dir, run, device=str(self.device), tokenizer=self.build_tokenizer(),
+                    progress=progress).fit()
+        return run
+
     # -- text and loaders ---------------------------------------------------------------------------
     def build_tokenizer(self):
         """The profile's tokenizer (trained on the training reports for the ``tiny`` text tower)."""

@@ -359,3 +359,25 @@ def test_ablation_helpers(prepared_dir, tmp_path):
 
     ds = StudyDataset(frontal, split="train", image_size=64, train=False)
     assert not any(ds.has_lateral) and ds[0]["lateral"] is None
+
+
+def test_ablation_table_round_trip(tmp_path):
+    """write_ablation's per-run CSV reads back as the same table, variants in order; other CSVs are refused."""
+    from medst.eval.run import read_ablation, summarise_ablation, write_ablation
+
+    rows = [{"variant": v, "seed": s, "lateral_auc": 0.5 + 0.1 * s + 0.01 * i, "grounding_acc": np.nan if v == "global"
+             else 0.2}
+            for i, v in enumerate(["Med-ST", "global", "random init", "+MoVE"]) for s in (1, 0)]
+    table = pd.DataFrame(rows)
+    paths = write_ablation(table, tmp_path)
+    back = read_ablation(paths["runs"])
+    assert back["variant"].tolist() == ["random init"] * 2 + ["global"] * 2 + ["+MoVE"] * 2 + ["Med-ST"] * 2
+    assert back["seed"].tolist() == [0, 1] * 4
+    pd.testing.assert_frame_equal(summarise_ablation(back), summarise_ablation(read_ablation(paths["runs"])))
+    assert summarise_ablation(back).loc["Med-ST", "lateral_auc_mean"] == pytest.approx(0.55)
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not an ablation table"):
+        read_ablation(tmp_path / "other.csv")
+    (tmp_path / "odd.csv").write_text("variant,seed\n+XYZ,0\n")
+    with pytest.raises(ValueError, match="unknown variant"):
+        read_ablation(tmp_path / "odd.csv")

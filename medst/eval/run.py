@@ -641,3 +641,21 @@ def write_ablation(table: "pd.DataFrame", out_dir: Union[str, os.PathLike]) -> d
     fig.savefig(paths["chart"], dpi=120, bbox_inches="tight")
     plt.close(fig)  # written, not shown
     return paths
+
+
+def read_ablation(source: Union[str, os.PathLike]) -> "pd.DataFrame":
+    """Read an ``ablation_runs.csv`` written by :func:`write_ablation` (a path or a URL) back into the table
+    :func:`run_ablation` returns, variants in their usual order; raises ``ValueError`` if it is not one."""
+    import pandas as pd
+
+    table = pd.read_csv(source)
+    missing = {"variant", "seed"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{source} is not an ablation table: no column(s) {sorted(missing)}")
+    order = ["random init"] + [v.name for v in VARIANTS]
+    unknown = set(table["variant"]) - set(order)
+    if unknown:
+        raise ValueError(f"{source}: unknown variant(s) {sorted(unknown)}")
+    table["variant"] = pd.Categorical(table["variant"], categories=[v for v in order if v in set(table["variant"])],
+                                      ordered=True)
+    return table.sort_values(["variant", "seed"]).reset_index(drop=True)
