@@ -135,6 +135,45 @@ def test_text_encoder_from_config_and_local_dir(tokenizer, tmp_path):
     assert not hasattr(again.model, "pooler") or again.model.pooler is None
 
 
+def test_report_pooling(tokenizer):
+    """pool="cls" reads position 0, pool="mean" the mean over kept tokens; a fresh tower's [CLS] hardly varies."""
+    torch.manual_seed(0)
+    cls = TextEncoder.from_config(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64).eval()
+    mean = TextEncoder.from_config(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                                   pool="mean").eval()
+    mean.load_state_dict(cls.state_dict())
+    batch = tokenizer(REPORTS[:4], padding="max_length", truncation=True, max_length=40, return_tensors="pt")
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        hidden = cls.model(input_ids=ids, attention_mask=att).last_hidden_state
+        a, b = cls(ids, att), mean(ids, att)
+    assert torch.allclose(a.report, hidden[:, 0], atol=1e-6)
+    for i in range(4):
+        n = int(att[i].sum())
+        assert torch.allclose(b.report[i], hidden[i, :n].mean(0), atol=1e-5)  # padding is left out
+    assert torch.equal(a.words, b.words)  # the word vectors do not depend on the pooling
+
+    def spread(x):  # how much reports differ, relative to their common part
+        return float((x - x.mean(0)).norm(dim=1).mean() / x.mean(0).norm())
+
+    assert spread(b.report) > 5 * spread(a.report)
+    with pytest.raises(ValueError, match="pool must be"):
+        TextEncoder.from_config(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                                pool="max")
+
+
+def test_text_pool_resolution():
+    from medst.models.build import text_pool
+    from medst.train.config import load_profile
+
+    assert text_pool(load_profile("ci")) == "mean"  # tiny tower trained from scratch
+    assert text_pool(load_profile("ci", ["model.text.pool=cls"])) == "cls"
+    hf = load_profile("gpu")
+    assert text_pool(hf, "hf") == "cls" and text_pool(hf, "minilm") == "mean" and text_pool(hf, "tiny") == "mean"
+    with pytest.raises(ValueError, match="model.text.pool"):
+        text_pool(load_profile("ci", ["model.text.pool=first"]))
+
+
 def test_tokenizer_case_option():
     cased = train_wordpiece_tokenizer(["Pleural Effusion left"] * 5, vocab_size=60, lowercase=False)
     assert "P" in "".join(cased.convert_ids_to_tokens(cased("Pleural")["input_ids"]))

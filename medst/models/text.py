@@ -27,7 +27,8 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 class TextOutput:
     """What `TextEncoder.forward` returns.
 
-    report:    [B, D] the [CLS] output (global text feature).
+    report:    [B, D] the global text feature: the [CLS] output, or the mean over the report's tokens
+               when the encoder pools by "mean".
     words:     [B, W, D] word vectors (sum of each word's pieces), W = T - 1.
     word_mask: [B, W] bool, True for real words, False for padding slots.
     """
@@ -117,12 +118,22 @@ class TextEncoder(nn.Module):
     Holds `model` (a transformers BERT-like encoder, no pooler) and `tokenizer`
     (used as the model ships it). Arguments are passed to the model by keyword, so
     positions are never confused with token types (METHOD §9).
+
+    `pool` picks the global report feature: "cls" (the paper: the [CLS] output of a pre-trained clinical BERT)
+    or "mean" (the mean of the outputs over the tokens `attention_mask` keeps). A BERT trained from scratch
+    starts with a [CLS] output that hardly depends on the input (initial weights of std 0.02 leave the
+    residual stream of position 0 almost constant), so every report looks alike to the contrastive loss and
+    it stays at chance for hundreds of steps; the mean reads every token from the first step. MiniLM
+    (all-MiniLM-L6-v2) was itself trained as a mean-pooled sentence encoder.
     """
 
-    def __init__(self, model: nn.Module, tokenizer) -> None:
+    def __init__(self, model: nn.Module, tokenizer, pool: str = "cls") -> None:
         super().__init__()
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"medst/models/text.py: pool must be 'cls' or 'mean', not {pool!r}")
         self.model = model
         self.tokenizer = tokenizer
+        self.pool = pool
         if tokenizer.sep_token_id is None or tokenizer.cls_token_id is None:
             raise ValueError("medst/models/text.py: the tokenizer has no [CLS]/[SEP] token; a BERT WordPiece tokenizer is required")
         size = getattr(model.config, "vocab_size", 0)
@@ -137,7 +148,12 @@ class TextEncoder(nn.Module):
         """input_ids, attention_mask: [B, T] -> TextOutput(report [B,D], words [B,T-1,D], word_mask [B,T-1])."""
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, D]
         words, word_mask = merge_word_pieces(hidden, input_ids, self.continuation, self.sep_token_id, attention_mask)
-        return TextOutput(report=hidden[:, 0], words=words, word_mask=word_mask)
+        if self.pool == "cls":
+            report = hidden[:, 0]
+        else:
+            keep = attention_mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+            report = (hidden * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+        return TextOutput(report=report, words=words, word_mask=word_mask)
 
     def word_lists(self, input_ids: torch.Tensor) -> list[list[str]]:
         """[B, T] ids -> per report, the merged words ("##" removed), aligned with the word slots."""
@@ -148,7 +164,8 @@ class TextEncoder(nn.Module):
         ]
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = DEFAULT_TEXT_MODEL, **model_kwargs) -> "TextEncoder":
+    def from_pretrained(cls, name_or_path: str = DEFAULT_TEXT_MODEL, pool: str = "cls",
+                        **model_kwargs) -> "TextEncoder":
         """Load tokenizer and encoder by hub name (online) or from a local directory (offline)."""
         from transformers import AutoModel, AutoTokenizer
 
@@ -163,7 +180,7 @@ class TextEncoder(nn.Module):
                 f"medst/models/text.py: cannot load text model '{name_or_path}' "
                 "(not a local directory with config/tokenizer files, and the hub is unreachable?)"
             ) from err
-        return cls(model, tokenizer)
+        return cls(model, tokenizer, pool=pool)
 
     @classmethod
     def from_config(
@@ -174,6 +191,7 @@ class TextEncoder(nn.Module):
         num_heads: int,
         intermediate_size: int,
         max_position_embeddings: int = 128,
+        pool: str = "cls",
     ) -> "TextEncoder":
         """A randomly initialised BertModel sized for `tokenizer`'s vocabulary."""
         from transformers import BertConfig, BertModel
@@ -187,7 +205,7 @@ class TextEncoder(nn.Module):
             max_position_embeddings=max_position_embeddings,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         )
-        return cls(BertModel(config, add_pooling_layer=False), tokenizer)
+        return cls(BertModel(config, add_pooling_layer=False), tokenizer, pool=pool)
 
     def save_pretrained(self, directory: str) -> None:
         """Write model weights, config and tokenizer so `from_pretrained(directory)` reloads them."""

@@ -56,6 +56,7 @@ class TextConfig:
     num_heads: int = 12
     intermediate_size: int = 3072
     dropout: float = 0.1                 # dropout inside the text tower
+    pool: str = "auto"                   # global report feature: "cls" (paper), "mean", or "auto" (cls for "hf" only)
 
 
 @dataclass
