@@ -381,3 +381,21 @@ def test_ablation_table_round_trip(tmp_path):
     (tmp_path / "odd.csv").write_text("variant,seed\n+XYZ,0\n")
     with pytest.raises(ValueError, match="unknown variant"):
         read_ablation(tmp_path / "odd.csv")
+
+
+def test_committed_cpu_ablation_has_three_seeds_per_variant():
+    """The committed cpu-profile ablation (chapter 9) covers every variant and the random-init row, with
+    at least 3 seeds each and a finite value of every variant's target metric."""
+    from pathlib import Path
+
+    from medst.eval.run import VARIANTS, read_ablation
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablations" / "cpu" / "ablation_runs.csv"
+    table = read_ablation(path)
+    seeds = table.groupby("variant", observed=True)["seed"].nunique()
+    assert set(seeds.index) == {"random init", *(v.name for v in VARIANTS)}
+    assert (seeds >= 3).all(), seeds.to_dict()
+    for metric in ("lateral_auc", "progression_acc", "retrieval_r@5"):
+        assert np.isfinite(table[metric]).all(), metric
+    local = table[table["variant"] != "global"]
+    assert np.isfinite(local["grounding_acc"]).all() and table.loc[table["variant"] == "global", "grounding_acc"].isna().all()
