@@ -373,7 +373,8 @@ def test_ablation_table_round_trip(tmp_path):
     back = read_ablation(paths["runs"])
     assert back["variant"].tolist() == ["random init"] * 2 + ["global"] * 2 + ["+MoVE"] * 2 + ["Med-ST"] * 2
     assert back["seed"].tolist() == [0, 1] * 4
-    pd.testing.assert_frame_equal(summarise_ablation(back), summarise_ablation(read_ablation(paths["runs"])))
+    read_back, written = summarise_ablation(back), summarise_ablation(table)
+    np.testing.assert_allclose(read_back.to_numpy(float), written.loc[[str(v) for v in read_back.index]].to_numpy(float))
     assert summarise_ablation(back).loc["Med-ST", "lateral_auc_mean"] == pytest.approx(0.55)
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not an ablation table"):

@@ -467,6 +467,19 @@ def ablation_metrics(em: EvalModel, data_root: Union[str, os.PathLike], *, later
     return finite_only(out, "ablation")
 
 
+VARIANT_ORDER = ("random init", *(v.name for v in VARIANTS))
+
+
+def _in_variant_order(table: "pd.DataFrame") -> "pd.DataFrame":
+    """Rows sorted by variant (random init first, then VARIANTS' order; only the variants present) and seed."""
+    import pandas as pd
+
+    present = set(table["variant"])
+    table["variant"] = pd.Categorical(table["variant"], categories=[v for v in VARIANT_ORDER if v in present],
+                                      ordered=True)
+    return table.sort_values(["variant", "seed"]).reset_index(drop=True)
+
+
 def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.PathLike], *,
                  data_dir: Union[str, os.PathLike, None] = None, variants: Optional[Sequence[str]] = None,
                  overrides: Sequence[str] = (), device: str = "auto", random_baseline: bool = True,
@@ -517,10 +530,7 @@ def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.Path
             metrics = ablation_metrics(em, phantom, lateral=variant.lateral, seed=seed, max_pairs=max_pairs,
                                        max_studies=max_studies)
             rows.append({"variant": "random init", "seed": seed, **metrics})
-    order = ["random init"] + [v.name for v in chosen]
-    table = pd.DataFrame(rows)
-    table["variant"] = pd.Categorical(table["variant"], categories=order, ordered=True)
-    return table.sort_values(["variant", "seed"]).reset_index(drop=True)
+    return _in_variant_order(pd.DataFrame(rows))
 
 
 # component -> (variant with it, variant without it, the metric that judges it)
@@ -652,10 +662,7 @@ def read_ablation(source: Union[str, os.PathLike]) -> "pd.DataFrame":
     missing = {"variant", "seed"} - set(table.columns)
     if missing:
         raise ValueError(f"{source} is not an ablation table: no column(s) {sorted(missing)}")
-    order = ["random init"] + [v.name for v in VARIANTS]
-    unknown = set(table["variant"]) - set(order)
+    unknown = set(table["variant"]) - set(VARIANT_ORDER)
     if unknown:
         raise ValueError(f"{source}: unknown variant(s) {sorted(unknown)}")
-    table["variant"] = pd.Categorical(table["variant"], categories=[v for v in order if v in set(table["variant"])],
-                                      ordered=True)
-    return table.sort_values(["variant", "seed"]).reset_index(drop=True)
+    return _in_variant_order(table)
