@@ -2,20 +2,30 @@
 
 Pre-trains every variant for every seed, then scores each on its component's target task:
 
-    global   image-report InfoNCE only, frontal view only
-    +local   + modality-weighted local alignment              -> pointing game (grounding)
-    +MoVE    + the lateral view through MoVE                  -> lateral-only finding probe
-    +FMC     + temporal objective, forward classification only -> progression probe
-    +RMR     + temporal objective, reverse regression only    -> progression probe
-    Med-ST   + FMC and RMR: the full model
+    global                 image-report InfoNCE only, frontal view only
+    +local                 + modality-weighted local alignment (our token weights)  -> pointing game (grounding)
+    +local (published)     +local with the published learned token weights (collapse) -> pointing game
+    +MoVE                  + the lateral view through MoVE                   -> lateral-only finding probe
+    two views, shared FFN  +MoVE without experts: one shared feed-forward    -> lateral-only finding probe
+    +FMC                   + temporal objective, forward classification only -> progression probe
+    +RMR                   + temporal objective, reverse regression only     -> progression probe
+    Med-ST                 + FMC and RMR: the full model
 
 plus a randomly initialised model of the full architecture. "Without MoVE" means trained and evaluated on
 frontal views only (a copy of the prepared index with the laterals removed).
 
     python benchmarks/ablations.py --profile ci --seeds 0,1,2 --out results/ablation
+    python benchmarks/ablations.py --out results/ablation --variants "+MoVE,two views, shared FFN"
+    python benchmarks/ablations.py --out results/ablation --variants plus-MoVE,two_views_shared_FFN
+
+--variants takes a comma-separated list of names; a name holding a comma ("two views, shared FFN") is
+recognised whole, and each variant may also be named by its run folder (no spaces or parentheses, so no
+quotes needed): plus-local, plus-local_published, plus-MoVE, two_views_shared_FFN, ...
 
 Writes under --out: ablation_runs.csv (one row per run), ablation.csv / .json / .md (mean ± std over seeds)
-and ablation.png (bar chart); the runs themselves under --out/runs (reused when the script is run again).
+and ablation.png (bar chart); the runs themselves under --out/runs. Running the script again reuses both the
+trained runs and their metrics (runs/*/metrics.json, kept with the evaluation options they were computed
+with), so a stopped ablation continues where it was.
 """
 from __future__ import annotations
 
@@ -25,7 +35,8 @@ import time
 
 import torch
 
-from medst.eval.run import VARIANTS, run_ablation, summarise_ablation, ablation_markdown, write_ablation
+from medst.eval.run import (VARIANTS, ablation_markdown, parse_variants, run_ablation, summarise_ablation,
+                            variant_slug, write_ablation)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", default=None, help="where the phantom and prepared index live "
                                                          "(default OUT/_data)")
     parser.add_argument("--variants", default=None,
-                        help=f"comma-separated subset of {', '.join(v.name for v in VARIANTS)}")
+                        help="comma-separated subset of " + "; ".join(f"{v.name!r} ({variant_slug(v.name)})"
+                                                                     for v in VARIANTS)
+                        + " (quote names with spaces, or use the folder names in parentheses)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every run, e.g. --set train.steps=20 (repeatable)")
     parser.add_argument("--max-pairs", type=int, default=2000, help="progression-probe pairs (default 2000)")
@@ -46,12 +59,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
+    try:
+        variants = parse_variants(args.variants)
+    except ValueError as err:
+        parser.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
     table = run_ablation(args.profile, [int(s) for s in args.seeds.split(",")], args.out, data_dir=args.data_dir,
-                         variants=args.variants.split(",") if args.variants else None, overrides=args.overrides,
+                         variants=variants, overrides=args.overrides,
                          device=args.device, random_baseline=not args.no_random_baseline,
                          max_pairs=args.max_pairs, max_studies=args.max_studies)
     paths = write_ablation(table, args.out)

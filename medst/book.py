@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -87,16 +88,39 @@ def run_chapter(notebook: Path, output: Path, *, profile: str = "cpu", data_dir:
     return time.perf_counter() - start
 
 
-def execute(profile: str, out: Path, data_dir: Path | None = None, only: list[str] | None = None) -> None:
-    """Execute every chapter into ``out`` (same relative paths as in the repository)."""
+# Chapter 7 trains the book model that chapters 4, 5, 6, 8 and 9 load, so it is executed before them (chapters
+# share nothing but files, so the order of execution is free; the book keeps its reading order).
+TRAINS_BOOK_MODEL, LOADS_BOOK_MODEL = "07_pretraining", "04_move"
+
+
+def execution_order(notebooks: list[Path]) -> list[Path]:
+    """The chapters in the order they are executed: reading order, with chapter 7 moved before chapter 4."""
+    stems = [n.stem for n in notebooks]
+    if TRAINS_BOOK_MODEL not in stems or LOADS_BOOK_MODEL not in stems:
+        return list(notebooks)
+    ordered = [n for n in notebooks if n.stem != TRAINS_BOOK_MODEL]
+    ordered.insert(stems.index(LOADS_BOOK_MODEL), notebooks[stems.index(TRAINS_BOOK_MODEL)])
+    return ordered
+
+
+def execute(profile: str, out: Path, data_dir: Path | None = None, only: list[str] | None = None) -> dict:
+    """Execute every chapter into ``out`` (same relative paths as in the repository).
+
+    Writes ``out/times-{profile}.json``, the seconds each chapter took, and returns it."""
     data_dir = data_dir or out.parent / f"data-{profile}"
-    for notebook in chapters():
+    times: dict[str, float] = {}
+    for notebook in execution_order(chapters()):
         if only and notebook.stem not in only:
             continue
         rel = notebook.relative_to(ROOT)
         print(f"executing {rel} (profile={profile}) ...", flush=True)
         seconds = run_chapter(notebook, out / rel, profile=profile, data_dir=data_dir)
+        times[notebook.stem] = round(seconds, 1)
         print(f"  done in {seconds:.1f} s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"times-{profile}.json").write_text(json.dumps({"profile": profile, "seconds": times,
+                                                           "total": round(sum(times.values()), 1)}, indent=2))
+    return times
 
 
 def stage_notebook(executed: Path, target: Path) -> None:

@@ -62,6 +62,24 @@ def _stamp(folder: Path, args: dict[str, Any]) -> None:
     (folder / STAMP).write_text(json.dumps(args, sort_keys=True))
 
 
+def _finished_run(run: Path, cfg: Config) -> bool:
+    """True when ``run`` holds finished weights trained with exactly the configuration ``cfg``."""
+    config = run / "config.json"
+    if not ((run / "model.safetensors").exists() and config.exists()):
+        return False
+    return json.loads(config.read_text()) == json.loads(cfg.to_json())
+
+
+def _clear_run(run: Path) -> None:
+    """Remove what a previous, different run left in ``run`` (weights, metrics, checkpoints)."""
+    for stale in ("model.safetensors", "metrics.csv", "checkpoints", "tensorboard"):
+        path = run / stale
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
 @dataclass
 class Chapter:
     """A chapter's context: its profile's configuration, folders and device."""
@@ -113,21 +131,35 @@ class Chapter:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def short_run(self, max_steps: int = 100, progress: bool = True) -> Path:
-        """The short pre-training run that chapters 5 and 6 look inside, trained on first use.
+    def variant_run(self, name: str, overrides: list[str] | tuple[str, ...] = (), max_steps: int | None = None,
+                    progress: bool = True) -> Path:
+        """A run of the profile's configuration with ``overrides`` (and ``train.steps`` capped at ``max_steps``),
+        in ``data_dir/runs/{name}-{profile}``: trained on first use, loaded afterwards.
 
-        The profile's configuration with ``train.steps`` capped at ``max_steps``: enough for the local and
-        temporal terms to move, short enough for a chapter (about 4 minutes under ``cpu`` on two cores).
-        Whichever chapter runs first trains it; the other loads it.
+        A folder that holds finished weights trained with exactly this configuration (its ``config.json``) is
+        used as it is; otherwise (none yet, or a run of another configuration) the run is trained here from
+        scratch, with a progress bar. Chapters use it for the book model and for the short comparison runs
+        they look inside (e.g. chapter 5's published weighting). Returns the run folder.
         """
         from medst.train.loop import Trainer
 
-        run = self.run_dir("short")
-        if not (run / "model.safetensors").exists():
-            cfg = self.cfg.override(f"train.steps={min(self.cfg.train.steps, max_steps)}")
+        cfg = self.cfg.override(*overrides)
+        if max_steps is not None and max_steps < cfg.train.steps:
+            cfg = cfg.override(f"train.steps={max_steps}", f"train.checkpoint_every={max(1, max_steps // 10)}")
+        run = self.run_dir(name)
+        if not _finished_run(run, cfg):
+            _clear_run(run)
             Trainer(cfg, self.prepared_dir, run, device=str(self.device), tokenizer=self.build_tokenizer(),
                     progress=progress).fit()
         return run
+
+    def book_model(self, progress: bool = True) -> Path:
+        """The book model: the profile's full Med-ST run in ``data_dir/runs/book-{profile}``.
+
+        Chapter 7 trains it; chapters 5, 6, 8 and 9 load it, and train it themselves only when it is missing
+        (or was trained with another configuration). See :meth:`variant_run`.
+        """
+        return self.variant_run("book", progress=progress)
 
     # -- text and loaders ---------------------------------------------------------------------------
     def build_tokenizer(self):

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate a randomly initialised model of the same architecture instead")
     p.add_argument("--seed", type=int, default=0, help="seed for cross-validation splits and fine-tuning")
     p.add_argument("--finetune-epochs", type=int, default=None, help="COVIDx fine-tuning epochs (default: by profile)")
+    p.add_argument("--probe-split", default=None, metavar="SPLITS",
+                   help="progression-probe: comma-separated phantom splits whose patients are probed, e.g. test "
+                        "(default: all; the labels are never used in pre-training)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_evaluate)
 

@@ -361,6 +361,122 @@ def test_ablation_helpers(prepared_dir, tmp_path):
     assert not any(ds.has_lateral) and ds[0]["lateral"] is None
 
 
+def test_new_ablation_variants_and_run_dirs():
+    """"+local (published)" and "two views, shared FFN" sit after "+local" / "+MoVE" with the right overrides;
+    every variant has its own file-system-safe run folder, and --variants finds names that hold commas."""
+    from medst.eval.run import VARIANTS, ablation_run_dir, parse_variants
+    from medst.train.config import load_profile
+
+    by_name = {v.name: v for v in VARIANTS}
+    names = [v.name for v in VARIANTS]
+    assert names.index("+local (published)") == names.index("+local") + 1
+    assert names.index("two views, shared FFN") == names.index("+MoVE") + 1
+    published, shared = by_name["+local (published)"], by_name["two views, shared FFN"]
+    assert set(published.overrides) == set(by_name["+local"].overrides) | {"loss.local_weighting=learned"}
+    assert not published.lateral and "loss.local_weighting=learned" not in by_name["+local"].overrides
+    assert set(shared.overrides) == set(by_name["+MoVE"].overrides) | {"model.vision.experts=shared"}
+    assert shared.lateral and by_name["+MoVE"].lateral
+    cfg = load_profile("ci", list(shared.overrides))
+    assert cfg.model.vision.experts == "shared" and cfg.loss.temporal_weight == 0
+    assert load_profile("ci", list(by_name["+MoVE"].overrides)).model.vision.experts == "move"
+    assert load_profile("ci", list(published.overrides)).loss.local_weighting == "learned"
+    for v in VARIANTS:  # every variant's overrides are real config keys
+        load_profile("ci", list(v.overrides))
+    folders = [ablation_run_dir("out", v.name, 0).name for v in VARIANTS]
+    assert len(set(folders)) == len(folders)
+    assert all(not set(f) & set(" (),+") for f in folders), folders
+    assert ablation_run_dir("out", "+MoVE", 1).name == "plus-MoVE-s1"  # the existing runs keep their folders
+    assert ablation_run_dir("out", "two views, shared FFN", 0).name == "two_views_shared_FFN-s0"
+    assert ablation_run_dir("out", "+local (published)", 2).name == "plus-local_published-s2"
+    assert parse_variants(None) is None and parse_variants("") is None
+    assert parse_variants("+MoVE,two views, shared FFN,Med-ST") == ["+MoVE", "two views, shared FFN", "Med-ST"]
+    assert parse_variants(["two views,shared FFN", " +local (published) "]) == ["two views, shared FFN",
+                                                                               "+local (published)"]
+    assert parse_variants("plus-local_published,two_views_shared_FFN") == ["+local (published)",
+                                                                          "two views, shared FFN"]
+    with pytest.raises(ValueError, match="unknown variant 'two views'"):
+        parse_variants("two views,+MoVE")
+
+
+def test_ablation_verdicts_local_remedy_and_move_experts():
+    """The remedy is judged against the published local weights and MoVE's experts against one shared FFN;
+    only "local alignment" is judged against the pointing game's chance."""
+    from medst.eval.run import ablation_verdicts
+
+    rows = [{"variant": v, "seed": s, "lateral_auc": a + noise, "grounding_acc": g + noise, "grounding_chance": 0.1}
+            for v, a, g in [("+local", 0.52, 0.30), ("+local (published)", 0.52, 0.20), ("+MoVE", 0.80, 0.31),
+                            ("two views, shared FFN", 0.795, 0.31)]
+            for s, noise in ((0, -0.01), (1, 0.01))]
+    verdicts = ablation_verdicts(pd.DataFrame(rows)).set_index("component")
+    remedy, alignment = verdicts.loc["local remedy"], verdicts.loc["local alignment"]
+    assert remedy["against"] == "+local (published)" and remedy["metric"] == "grounding_acc"
+    assert remedy["mean_against"] == pytest.approx(0.20) and remedy["difference"] == pytest.approx(0.10)
+    assert remedy["verdict"] == "helped"
+    assert alignment["against"] == "chance" and alignment["difference"] == pytest.approx(0.20)
+    experts, move = verdicts.loc["MoVE experts"], verdicts.loc["MoVE"]
+    assert experts["against"] == "two views, shared FFN" and experts["metric"] == "lateral_auc"
+    assert experts["difference"] == pytest.approx(0.005) and experts["verdict"] == "no clear difference"
+    assert move["against"] == "+local" and move["verdict"] == "helped"
+
+
+def test_run_ablation_caches_metrics(tmp_path, monkeypatch):
+    """A second run_ablation reuses the trained run and its metrics (metrics.json, random_metrics.json); a
+    change of the evaluation options evaluates again. No training: pretrain and the metrics are fakes."""
+    from types import SimpleNamespace
+
+    import medst.eval.run as run_mod
+    import medst.train.loop
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    pd.DataFrame({"study_id": [1], "lateral": ["a.png"], "lateral_view": ["LL"], "lateral_cache": [0]}).to_csv(
+        prepared / "studies.csv", index=False)
+    (prepared / "prepare.json").write_text("{}")
+    ctx = SimpleNamespace(phantom_dir=tmp_path / "phantom", prepared_dir=prepared, data_dir=tmp_path / "data",
+                          device="cpu")
+    trained, calls = [], []
+
+    def fake_pretrain(cfg, prepared_dir, run, device="cpu", progress=False):
+        trained.append(cfg)
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "model.safetensors").write_text("weights")
+
+    def fake_load_model(run, device, random_init=False, seed=0):
+        return SimpleNamespace(run=run, random_init=random_init)
+
+    def fake_metrics(em, root, *, lateral=True, seed=0, max_pairs=2000, max_studies=300, progress=False):
+        calls.append((em.random_init, max_studies))
+        return {"lateral_auc": 0.5 if em.random_init else 0.75, "max_studies": max_studies}
+
+    monkeypatch.setattr(medst.train.loop, "pretrain", fake_pretrain)
+    monkeypatch.setattr(run_mod, "load_model", fake_load_model)
+    monkeypatch.setattr(run_mod, "ablation_metrics", fake_metrics)
+    out = tmp_path / "ablation"
+
+    def ablate(**kw):
+        return run_mod.run_ablation("ci", [0], out, variants=["two views, shared FFN"], ctx=ctx, progress=False,
+                                    max_pairs=50, **kw)
+
+    first = ablate(max_studies=10)
+    assert len(trained) == 1 and trained[0].model.vision.experts == "shared"
+    assert calls == [(False, 10), (True, 10)]
+    run = out / "runs" / "two_views_shared_FFN-s0"
+    assert json.loads((run / "metrics.json").read_text())["metrics"]["lateral_auc"] == 0.75
+    assert json.loads((run / "random_metrics.json").read_text())["key"]["max_studies"] == 10
+    second = ablate(max_studies=10)
+    assert len(trained) == 1 and len(calls) == 2  # nothing trained or evaluated again
+    pd.testing.assert_frame_equal(first, second)
+    assert second.set_index("variant").loc["random init", "lateral_auc"] == 0.5
+    third = ablate(max_studies=20)  # other evaluation options: evaluated again, not trained again
+    assert len(trained) == 1 and calls[2:] == [(False, 20), (True, 20)]
+    assert set(third["max_studies"]) == {20}
+    ablate(max_studies=20, random_baseline=False)
+    assert len(calls) == 4
+    (run / "metrics.json").write_text('{"key": ')  # cut short: evaluated again
+    ablate(max_studies=20, random_baseline=False)
+    assert calls[4:] == [(False, 20)]
+
+
 def test_ablation_table_round_trip(tmp_path):
     """write_ablation's per-run CSV reads back as the same table, variants in order; other CSVs are refused."""
     from medst.eval.run import read_ablation, summarise_ablation, write_ablation
@@ -400,3 +516,41 @@ def test_committed_cpu_ablation_has_three_seeds_per_variant():
         assert np.isfinite(table[metric]).all(), metric
     local = table[table["variant"] != "global"]
     assert np.isfinite(local["grounding_acc"]).all() and table.loc[table["variant"] == "global", "grounding_acc"].isna().all()
+
+
+def test_book_targets_thresholds():
+    """Each target's threshold follows its rule, and "met" flips exactly at the threshold."""
+    from medst.eval.targets import targets, targets_markdown
+
+    rand = {"retrieval_i2t_r@5": 0.02, "progression_acc_test": 0.40, "progression_acc_all": 0.45,
+            "sentence_auc": 0.5}
+    model = {"retrieval_i2t_r@5": 0.099, "progression_acc_test": 0.51, "progression_acc_all": 0.549,
+             "sentence_auc": 0.75}
+    rows = {r["metric"]: r for r in targets(model, rand)}
+    assert rows["retrieval_i2t_r@5"]["threshold"] == pytest.approx(0.10) and not rows["retrieval_i2t_r@5"]["met"]
+    assert rows["progression_acc_test"]["threshold"] == pytest.approx(0.50) and rows["progression_acc_test"]["met"]
+    assert not rows["progression_acc_all"]["met"]
+    assert rows["sentence_auc"]["met"]
+    table = targets_markdown(list(rows.values()))
+    assert table.count("| yes |") == 2 and table.count("| no |") == 2
+
+
+def test_progression_probe_splits_restrict_patients(phantom_dir, monkeypatch):
+    """``probe_splits`` reaches the progression probe: only those splits' patients are probed."""
+    import medst.eval.temporal as temporal
+    from medst.eval import run as run_module
+
+    seen = {}
+
+    def fake_probe(em, root, **kw):
+        seen.update(kw)
+        return {"mean_acc": 0.5}
+
+    monkeypatch.setattr(temporal, "progression_probe", fake_probe)
+    out = run_module.evaluate("unused", phantom_dir, "progression-probe", model=object.__new__(_FakeEM),
+                              progress=False, probe_splits=["test"])
+    assert seen["splits"] == ["test"] and out["meta"]["probe_splits"] == ["test"]
+
+
+class _FakeEM:
+    profile, source, device = "ci", "fake", "cpu"

@@ -161,3 +161,55 @@ def test_bad_inputs_are_reported():
         module(words, patches, wm.double(), pm)
     with pytest.raises(ValueError, match="at least one valid"):
         module(words, patches, torch.zeros_like(wm), pm)
+
+
+def _train_weights_only(weighting, steps=300, seed=0):
+    """Adam on the weighting attentions alone, words and patches fixed: how concentrated ω becomes."""
+    from medst.losses.local import weight_stats
+
+    torch.manual_seed(seed)
+    module = LocalAlignment(16, temperature=TAU, weighting=weighting)
+    words, patches = unit(4, 12, 16, dtype=torch.float32, seed=1), unit(4, 16, 16, dtype=torch.float32, seed=2)
+    before = module(words, patches, return_details=True)
+    params = [p for p in module.parameters() if p.requires_grad]
+    if params:
+        opt = torch.optim.Adam(params, lr=0.05)
+        for _ in range(steps):
+            opt.zero_grad()
+            module(words, patches).backward()
+            opt.step()
+    after = module(words, patches, return_details=True)
+    return (weight_stats(before.word_weights), weight_stats(after.word_weights), weight_stats(after.patch_weights),
+            before.loss.item(), after.loss.item())
+
+
+def test_published_weights_collapse_and_the_remedies_do_not():
+    """The published learned weights minimise Σ ω_i CE_i by moving all weight onto the easiest token."""
+    start, words, patches, loss0, loss1 = _train_weights_only("learned")
+    assert start["max_weight"] < 0.3                      # about uniform at init (1/12 words)
+    assert words["max_weight"] > 0.9 and patches["max_weight"] > 0.9   # collapsed onto one token
+    assert words["entropy"] < 0.2
+    assert loss1 < 0.7 * loss0                            # the loss fell without any feature changing
+    for remedy in ("detached", "uniform"):
+        start, words, patches, loss0, loss1 = _train_weights_only(remedy)
+        assert words["max_weight"] < 0.3 and patches["max_weight"] < 0.3, remedy
+        assert words["entropy"] > 0.9, remedy
+        assert loss1 == pytest.approx(loss0), remedy       # nothing the loss could bend
+
+
+def test_remedy_weights_receive_no_gradient_and_uniform_is_the_mean():
+    words, patches, wm, pm = padded_batch()
+    torch.manual_seed(0)
+    detached = LocalAlignment(8, temperature=TAU, weighting="detached").double()
+    assert not any(p.requires_grad for p in detached.word_weighting.parameters())
+    out = detached(words, patches, wm, pm, return_details=True)
+    learned = LocalAlignment(8, temperature=TAU, weighting="learned").double()
+    learned.load_state_dict(detached.state_dict())
+    ref = learned(words, patches, wm, pm, return_details=True)
+    torch.testing.assert_close(out.loss, ref.loss)         # same value, only the gradient path differs
+    torch.testing.assert_close(out.word_weights, ref.word_weights)
+    uniform = LocalAlignment(8, temperature=TAU, weighting="uniform").double()
+    w = uniform(words, patches, wm, pm, return_details=True).word_weights
+    torch.testing.assert_close(w, wm.double() / wm.sum(1, keepdim=True))
+    with pytest.raises(ValueError, match="weighting"):
+        LocalAlignment(8, weighting="entropy")

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from medst.book import ROOT, ChapterError, chapters
+from medst.book import ROOT, ChapterError, chapters, execution_order
 
-CHAPTERS = chapters()
+CHAPTERS = execution_order(chapters())  # chapter 7 trains the model chapters 5, 6, 8, 9 load
 
 
 @pytest.mark.notebooks

@@ -167,6 +167,10 @@ def test_medst_terms_are_switchable_and_weighted(overrides, expected):
     if cfg.loss.local_weight == 0:  # a switched-off term's modules are not built
         assert model.local_alignment is None and not any("local" in n for n, _ in model.named_parameters())
     out = model(synthetic_batch(cfg, 2, 3, model.text.tokenizer, torch.device("cpu")))
+    if "local" in expected:  # the local side's parts and the weights' concentration are logged beside it
+        expected = expected | {"local_word", "local_patch", "word_max_weight", "word_entropy", "patch_max_weight",
+                               "patch_entropy"}
+        torch.testing.assert_close(out.terms["local"], out.terms["local_word"] + out.terms["local_patch"])
     assert set(out.terms) == expected
     c = cfg.loss
     total = (c.global_weight * out.terms["global"] + c.local_weight * out.terms.get("local", 0.0)

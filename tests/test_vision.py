@@ -18,9 +18,10 @@ VARIANTS = {
 ATOL = 1e-5
 
 
-def make_move(variant: str = "plain", lateral_init: str = "random", seed: int = 0) -> MoVE:
+def make_move(variant: str = "plain", lateral_init: str = "random", seed: int = 0, experts: str = "move") -> MoVE:
     torch.manual_seed(seed)
-    return create_move("vit_base_patch16_224", lateral_init=lateral_init, **TINY, **VARIANTS[variant]).eval()
+    return create_move("vit_base_patch16_224", lateral_init=lateral_init, experts=experts, **TINY,
+                       **VARIANTS[variant]).eval()
 
 
 def images(n: int, seed: int) -> torch.Tensor:
@@ -236,3 +237,81 @@ def test_attention_probabilities_match_timm():
     assert torch.allclose(probs[1, :, :17, :17], without[0], atol=1e-6)
     assert (probs[1, :, 17:] == 0).all() and (probs[1, :, :, 17:] == 0).all()
     assert torch.allclose(probs[has].sum(-1), torch.ones(2, 2, 33), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# experts="shared": both views through one shared feed-forward (the chapter-4 baseline for the experts)
+# ---------------------------------------------------------------------------------------------------------
+def copy_frontal_into_lateral_experts(move: MoVE) -> None:
+    for blk, expert in zip(move.vit.blocks, move.lateral_experts):
+        expert.norm.load_state_dict(blk.norm2.state_dict())
+        expert.mlp.load_state_dict(blk.mlp.state_dict())
+        expert.ls.load_state_dict(blk.ls2.state_dict())
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_shared_ffn_equals_move_with_frontal_weights_in_lateral_experts(variant):
+    shared = make_move(variant, experts="shared", seed=5)
+    move = make_move(variant, seed=6)  # random lateral experts
+    move.vit.load_state_dict(shared.vit.state_dict())
+    f, lat = images(5, 20), images(5, 21)
+    has = torch.tensor([True, False, True, True, False])  # some studies with a lateral, some without
+    with torch.no_grad():
+        a = shared(f, lat, has)
+        before = move(f, lat, has)
+        copy_frontal_into_lateral_experts(move)
+        b = move(f, lat, has)
+    assert a.patches.shape == (5, 32, 32) and torch.equal(a.patch_mask, b.patch_mask)
+    # sanity: with its own (random) lateral experts MoVE differs on the studies that have a lateral
+    assert not torch.allclose(a.cls[has], before.cls[has], atol=1e-3)
+    assert torch.allclose(a.cls, b.cls, atol=ATOL)
+    assert torch.allclose(a.patches, b.patches, atol=ATOL)
+    # and the shared model is the written-out reference with the frontal FFN for lateral tokens
+    with torch.no_grad():
+        ref = reference_joint(move, f[0], lat[0])
+    assert torch.allclose(a.patches[0], ref[move.num_prefix_tokens:], atol=ATOL)
+
+
+def test_shared_ffn_has_no_lateral_expert_parameters():
+    shared, move = make_move(experts="shared"), make_move()
+    expert_count = sum(p.numel() for p in move.lateral_experts.parameters())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert expert_count > 0 and count(move) - count(shared) == expert_count
+    assert shared.lateral_experts is None and count(shared) == count(shared.vit)
+    assert not any("lateral" in name for name in shared.state_dict())
+    # every parameter takes part in a mixed batch (DDP without unused parameters)
+    shared.train()
+    out = shared(images(3, 22), images(3, 23), torch.tensor([True, False, True]))
+    (out.cls.square().sum() + out.patches.square().sum()).backward()
+    assert all(p.grad is not None for p in shared.parameters())
+
+
+def test_shared_ffn_checkpoint_and_config(tmp_path):
+    shared = make_move(experts="shared", seed=7)
+    path = tmp_path / "shared.safetensors"
+    save_file({k: v.contiguous() for k, v in shared.state_dict().items()}, str(path))
+    again = create_move("vit_base_patch16_224", checkpoint_path=str(path), experts="shared", **TINY).eval()
+    f, lat = images(2, 24), images(2, 25)
+    with torch.no_grad():
+        assert torch.equal(again(f, lat).patches, shared(f, lat).patches)
+    with pytest.raises(ValueError, match="experts='shared'"):
+        create_move("vit_base_patch16_224", checkpoint_path=str(path), **TINY)
+    # the profile's model.vision.experts reaches the tower
+    from medst.models.build import build_vision
+    from medst.train.config import load_profile
+
+    assert build_vision(load_profile("ci", ["model.vision.experts=shared"])).lateral_experts is None
+    assert build_vision(load_profile("ci")).lateral_experts is not None
+
+
+def test_bad_experts_value_is_refused():
+    with pytest.raises(ValueError, match=r"experts.*'move', 'shared'.*'mixture'"):
+        make_move(experts="mixture")
+    vit = timm.create_model("vit_base_patch16_224", num_classes=0, **TINY)
+    with pytest.raises(ValueError, match=r"must be one of 'move', 'shared', got 'Shared'"):
+        MoVE(vit, experts="Shared")
+    from medst.models.build import build_vision
+    from medst.train.config import load_profile
+
+    with pytest.raises(ValueError, match="model.vision.experts"):
+        build_vision(load_profile("ci", ["model.vision.experts=none"]))

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,7 +256,8 @@ def _task_function(task: str) -> Callable[..., dict[str, float]]:
                                              progress=o["progress"]),
         "retrieval": lambda em, root, o: retrieval(em, Path(root) / "mimic-cxr-jpg", progress=o["progress"]),
         "grounding": lambda em, root, o: grounding(em, root, seed=o["seed"], progress=o["progress"]),
-        "progression-probe": lambda em, root, o: progression_probe(em, root, seed=o["seed"], progress=o["progress"]),
+        "progression-probe": lambda em, root, o: progression_probe(em, root, seed=o["seed"], progress=o["progress"],
+                                                                   splits=o.get("probe_splits")),
         "lateral-probe": lambda em, root, o: lateral_finding_probe(em, root, seed=o["seed"], progress=o["progress"]),
     }[task]
 
@@ -281,7 +283,8 @@ def finite_only(metrics: dict[str, Any], where: str) -> dict[str, Any]:
 def evaluate(checkpoint: Union[str, os.PathLike], data: Union[str, os.PathLike],
              tasks: Union[str, Sequence[str]] = "all", *, device: str = "auto", random_baseline: bool = False,
              seed: int = 0, finetune_epochs: Optional[int] = None, progress: bool = True,
-             model: Optional[EvalModel] = None, out: Union[str, os.PathLike, None] = None) -> dict[str, Any]:
+             model: Optional[EvalModel] = None, out: Union[str, os.PathLike, None] = None,
+             probe_splits: Optional[Sequence[str]] = None) -> dict[str, Any]:
     """Run downstream tasks on one model and return (and optionally write) the results.
 
     Args:
@@ -292,6 +295,8 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: Union[str, os.PathLike],
         finetune_epochs: COVIDx fine-tuning epochs (None: chosen by profile).
         model: an already loaded :class:`EvalModel` (then ``checkpoint`` is only recorded).
         out: write the results JSON there.
+        probe_splits: the phantom splits whose patients the progression probe uses (None: all), e.g.
+            ``("test",)`` for held-out patients only.
     Returns:
         ``{task: {metric: value}, "meta": {...}}``.
     """
@@ -301,7 +306,8 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: Union[str, os.PathLike],
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data folder not found")
     em = model if model is not None else load_model(checkpoint, device, random_init=random_baseline, seed=seed)
-    options = {"seed": seed, "progress": progress, "finetune_epochs": finetune_epochs}
+    options = {"seed": seed, "progress": progress, "finetune_epochs": finetune_epochs,
+               "probe_splits": list(probe_splits) if probe_splits else None}
     results: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     timing: dict[str, float] = {}
@@ -325,6 +331,7 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: Union[str, os.PathLike],
                               for k, v in list(results[task].items())[:8])
             print(f"medst evaluate: {task}: {shown}")
     results["meta"] = {"checkpoint": str(checkpoint), "data": str(root), "profile": em.profile,
+                       "probe_splits": options["probe_splits"],
                        "model": em.source, "device": str(em.device), "seed": seed, "tasks": names,
                        "skipped": skipped, "task_seconds": timing,
                        "seconds": round(time.perf_counter() - start, 2)}
@@ -352,6 +359,8 @@ def evaluate_main(args) -> None:
                            random_baseline=bool(getattr(args, "random_baseline", False)),
                            seed=int(getattr(args, "seed", 0) or 0),
                            finetune_epochs=getattr(args, "finetune_epochs", None),
+                           probe_splits=(args.probe_split.split(",") if getattr(args, "probe_split", None)
+                                         else None),
                            progress=not getattr(args, "quiet", False), out=args.out)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}")
@@ -380,7 +389,11 @@ VARIANTS = (
     Variant("global", ("loss.local_weight=0", "loss.temporal_weight=0"), lateral=False,
             note="image-report InfoNCE only, frontal view only"),
     Variant("+local", ("loss.temporal_weight=0",), lateral=False, note="+ modality-weighted local alignment"),
+    Variant("+local (published)", ("loss.temporal_weight=0", "loss.local_weighting=learned"), lateral=False,
+            note="+local with the published learned word/patch weights (which collapse), not our remedy"),
     Variant("+MoVE", ("loss.temporal_weight=0",), lateral=True, note="+ lateral view through MoVE"),
+    Variant("two views, shared FFN", ("loss.temporal_weight=0", "model.vision.experts=shared"), lateral=True,
+            note="+MoVE without its experts: both views through one shared feed-forward"),
     Variant("+FMC", ("loss.rmr=false",), lateral=True, note="+ temporal: forward mapping classification only"),
     Variant("+RMR", ("loss.fmc=false",), lateral=True, note="+ temporal: reverse mapping regression only"),
     Variant("Med-ST", (), lateral=True, note="+ temporal: FMC and RMR (the full model)"),
@@ -427,9 +440,61 @@ def frontal_only(prepared_dir: Union[str, os.PathLike], out_dir: Union[str, os.P
     return out
 
 
+def variant_slug(variant: str) -> str:
+    """A file-system-safe form of a variant name: ``+`` -> ``plus-``, every run of other characters than
+    letters, digits, ``.``, ``_`` and ``-`` -> one ``_`` (``"two views, shared FFN"`` -> ``two_views_shared_FFN``,
+    ``"+local (published)"`` -> ``plus-local_published``)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", variant.replace("+", "plus-")).strip("_")
+    if not slug or slug.strip(".") == "":
+        raise ValueError(f"variant name {variant!r} has no letter or digit to name a folder after")
+    return slug
+
+
 def ablation_run_dir(out_dir: Union[str, os.PathLike], variant: str, seed: int) -> Path:
-    """Where :func:`run_ablation` keeps the run of ``variant`` (a :data:`VARIANTS` name) and ``seed``."""
-    return Path(out_dir) / "runs" / f"{variant.replace('+', 'plus-').replace(' ', '_')}-s{seed}"
+    """Where :func:`run_ablation` keeps the run of ``variant`` (a :data:`VARIANTS` name) and ``seed``:
+    ``out_dir/runs/{variant_slug(variant)}-s{seed}`` (no spaces, parentheses or commas)."""
+    return Path(out_dir) / "runs" / f"{variant_slug(variant)}-s{seed}"
+
+
+def parse_variants(spec: Union[str, Sequence[str], None]) -> Optional[list[str]]:
+    """``--variants`` -> :data:`VARIANTS` names (None for None or ``""``: all of them).
+
+    ``spec`` is a comma-separated string or a list of such strings. A name that itself holds a comma
+    (``"two views, shared FFN"``) is recognised whole: at each position the longest run of comma-separated
+    pieces that forms a variant name is taken. Spaces around pieces do not matter, and each variant may also
+    be given by its folder name (:func:`variant_slug`, e.g. ``two_views_shared_FFN``), which needs no quoting.
+    Raises ``ValueError`` naming the choices for anything else.
+    """
+    if spec is None:
+        return None
+    items = [spec] if isinstance(spec, str) else list(spec)
+    pieces = [p.strip() for item in items for p in str(item).split(",")]
+    if not any(pieces):
+        return None
+
+    def norm(text: str) -> str:
+        return re.sub(r"\s*,\s*", ",", " ".join(text.split()))
+
+    known: dict[str, str] = {}
+    for v in VARIANTS:
+        known[norm(v.name)] = v.name
+        known.setdefault(variant_slug(v.name), v.name)
+    names, i = [], 0
+    while i < len(pieces):
+        if not pieces[i]:
+            i += 1
+            continue
+        for j in range(len(pieces), i, -1):  # the longest match first
+            name = known.get(norm(",".join(pieces[i:j])))
+            if name is not None:
+                break
+        else:
+            raise ValueError(f"unknown variant {pieces[i]!r} in {spec!r}; choose from "
+                             + "; ".join(f"{v.name!r} (or {variant_slug(v.name)})" for v in VARIANTS))
+        if name not in names:
+            names.append(name)
+        i = j
+    return names
 
 
 def ablation_metrics(em: EvalModel, data_root: Union[str, os.PathLike], *, lateral: bool = True, seed: int = 0,
@@ -487,10 +552,15 @@ def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.Path
                  progress: bool = True) -> "pd.DataFrame":
     """Pre-train every variant for every seed on the profile's phantom, evaluate, and tabulate.
 
-    Runs go to ``out_dir/runs/{variant}-s{seed}``; a run that already has ``model.safetensors`` is reused, so
-    an interrupted ablation continues where it stopped. Returns one row per (variant, seed) with the metrics
-    of :func:`ablation_metrics`; ``random_baseline`` adds a "random init" row per seed (the full model's
+    Runs go to ``out_dir/runs/{variant}-s{seed}`` (:func:`ablation_run_dir`); a run that already has
+    ``model.safetensors`` is reused, and so are its metrics, kept in ``metrics.json`` in the run folder (the
+    "random init" row in ``random_metrics.json`` of the last variant's run) together with the evaluation
+    options they were computed with (``max_pairs``, ``max_studies``, the variant's ``lateral``, ``seed``): a
+    change of those options evaluates again. So an interrupted ablation continues where it stopped, without
+    repeating finished runs or evaluations. Returns one row per (variant, seed) with the metrics of
+    :func:`ablation_metrics`; ``random_baseline`` adds a "random init" row per seed (the last variant's
     architecture, untrained). Tables and the chart: :func:`summarise_ablation`, :func:`plot_ablation`.
+    ``variants``: names (or a comma-separated string) as :func:`parse_variants` reads them; None for all.
 
     The phantom and its prepared index come from ``ctx`` (a :class:`medst.chapter.Chapter`, e.g. a chapter's
     own) or else from ``medst.chapter.setup(profile, data_dir, 0, device, overrides)``; ``seeds`` are training
@@ -509,34 +579,57 @@ def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.Path
                                   list(overrides))
     phantom, prepared = ctx.phantom_dir, ctx.prepared_dir
     prepared_frontal = frontal_only(prepared, ctx.data_dir / f"prepared-{profile}-frontal")
-    chosen = [v for v in VARIANTS if variants is None or v.name in variants]
-    unknown = set(variants or ()) - {v.name for v in VARIANTS}
-    if unknown:
-        raise ValueError(f"unknown variant(s) {sorted(unknown)}; choose from {[v.name for v in VARIANTS]}")
+    wanted = parse_variants(variants)
+    chosen = [v for v in VARIANTS if wanted is None or v.name in wanted]
     rows = []
     jobs = [(v, s) for s in seeds for v in chosen]
     for variant, seed in tqdm(jobs, desc="ablation", disable=not progress):
         run = ablation_run_dir(out, variant.name, seed)
         if not (run / "model.safetensors").exists():
+            for stale in (ABLATION_METRICS_FILE, RANDOM_METRICS_FILE):  # metrics of an earlier model
+                (run / stale).unlink(missing_ok=True)
             cfg = load_profile(profile, [*overrides, *variant.overrides, f"train.seed={seed}"])
             pretrain(cfg, prepared if variant.lateral else prepared_frontal, run, device=str(ctx.device),
                      progress=False)
-        em = load_model(run, ctx.device)
-        metrics = ablation_metrics(em, phantom, lateral=variant.lateral, seed=seed, max_pairs=max_pairs,
-                                   max_studies=max_studies)
+        options = {"lateral": bool(variant.lateral), "seed": int(seed), "max_pairs": max_pairs,
+                   "max_studies": max_studies}
+        metrics = _cached_metrics(run / ABLATION_METRICS_FILE, {"variant": variant.name, **options},
+                                  lambda: ablation_metrics(load_model(run, ctx.device), phantom, **options))
         rows.append({"variant": variant.name, "seed": seed, **metrics})
         if random_baseline and variant is chosen[-1]:
-            em = load_model(run, ctx.device, random_init=True, seed=seed)
-            metrics = ablation_metrics(em, phantom, lateral=variant.lateral, seed=seed, max_pairs=max_pairs,
-                                       max_studies=max_studies)
+            metrics = _cached_metrics(
+                run / RANDOM_METRICS_FILE, {"variant": "random init", "architecture": variant.name, **options},
+                lambda: ablation_metrics(load_model(run, ctx.device, random_init=True, seed=seed), phantom,
+                                         **options))
             rows.append({"variant": "random init", "seed": seed, **metrics})
     return _in_variant_order(pd.DataFrame(rows))
 
 
+ABLATION_METRICS_FILE = "metrics.json"         # in a run folder: its ablation_metrics and their options
+RANDOM_METRICS_FILE = "random_metrics.json"    # the random-init row, in the last variant's run folder
+
+
+def _cached_metrics(path: Path, key: dict[str, Any], compute: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``compute()``, or the metrics ``path`` holds if they were computed for the same ``key`` (the evaluation
+    options); fresh results are written to ``path`` atomically (:func:`write_results`) as ``{key, metrics}``."""
+    key = json.loads(json.dumps(key))  # as it reads back from JSON
+    try:
+        cached = json.loads(path.read_text())
+        if isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("metrics"), dict):
+            return cached["metrics"]
+    except (OSError, ValueError):
+        pass  # absent or unreadable (e.g. cut short): evaluate again
+    metrics = compute()
+    write_results({"key": key, "metrics": metrics}, path)
+    return metrics
+
+
 # component -> (variant with it, variant without it, the metric that judges it)
 COMPARISONS = (
-    ("local alignment", "+local", "global", "grounding_acc"),
+    ("local alignment", "+local", "global", "grounding_acc"),      # judged against chance (see below)
+    ("local remedy", "+local", "+local (published)", "grounding_acc"),
     ("MoVE", "+MoVE", "+local", "lateral_auc"),
+    ("MoVE experts", "+MoVE", "two views, shared FFN", "lateral_auc"),
     ("FMC", "+FMC", "+MoVE", "progression_acc"),
     ("RMR", "+RMR", "+MoVE", "progression_acc"),
     ("FMC + RMR", "Med-ST", "+MoVE", "progression_acc"),
@@ -549,7 +642,10 @@ def ablation_verdicts(table: "pd.DataFrame", noise_floor: float = 0.02) -> "pd.D
     ``difference`` = mean(with) - mean(without) over seeds; ``se`` its standard error (None with one seed).
     Verdict: "helped" / "hurt" when |difference| > 2·se (with several seeds) or > ``noise_floor`` (one seed),
     else "no clear difference". The local alignment has no "without" (a model without the local branch
-    cannot point), so it is judged against the pointing game's chance level instead.
+    cannot point), so the component "local alignment" is judged against the pointing game's chance level
+    instead; other grounding comparisons (the "local remedy": our token weights against the published learned
+    ones) compare two variants like every other component. "MoVE experts" sets MoVE against the same two views
+    through one shared feed-forward.
     """
     import pandas as pd
 
@@ -558,7 +654,7 @@ def ablation_verdicts(table: "pd.DataFrame", noise_floor: float = 0.02) -> "pd.D
         a = table.loc[table["variant"] == with_, metric].dropna().to_numpy(float) if metric in table else []
         if len(a) == 0:
             continue
-        if metric == "grounding_acc":
+        if component == "local alignment":
             b, reference = table.loc[table["variant"] == with_, "grounding_chance"].dropna().to_numpy(float), "chance"
         else:
             b = table.loc[table["variant"] == without, metric].dropna().to_numpy(float)

@@ -41,7 +41,19 @@ published code does. With no padding both settings give the same loss.
 ``patch_mask=None`` treats every patch as real, as the published code does
 (it keeps the 196 tokens of the all-zero image of a missing lateral).
 
-Details METHOD.md leaves open, settled from the public code: the cross-
+**The learned weights collapse, and the remedy** (``weighting``). In the published model the weighting
+attentions receive the gradient of the very loss their weights multiply: the derivative of ``Σ_i ω_i·CE_i``
+with respect to ``ω_i`` is ``CE_i``, so every step moves weight from hard tokens to easy ones, and the
+minimum is reached by putting all the weight on the single easiest token (the loss then falls to about zero
+while almost nothing is aligned). ``weighting`` chooses what the weights are:
+
+* ``"learned"``: the published form, ω from the attention with the loss's gradient flowing into it;
+* ``"detached"`` (**ours**): the same attention computes ω, but no gradient of the loss flows into ω, so ω
+  stays a function of the interaction vectors that the loss cannot bend towards easy tokens; the weighting
+  attentions then receive no gradient at all and are frozen at their initial values;
+* ``"uniform"`` (**ours**): ω_i = 1 / (number of valid tokens), the unweighted token InfoNCE.
+
+Details the paper leaves open, settled from the public code: the cross-
 attention of step 1 has no parameters (a plain softmax of the scaled dot
 products); the weighting attention is ``nn.MultiheadAttention`` with its
 default in-projection biases, scaling ``1/√d`` and no dropout; the mean query
@@ -57,7 +69,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LocalAlignment", "LocalAlignmentOutput"]
+__all__ = ["LocalAlignment", "LocalAlignmentOutput", "WEIGHTINGS", "weight_stats"]
+
+WEIGHTINGS = ("learned", "detached", "uniform")
 
 
 @dataclass
@@ -123,6 +137,31 @@ def modality_weights(weighting: nn.MultiheadAttention, interactions: Tensor,
     return weights[:, 0, :]  # [B, 1, Q] -> [B, Q]
 
 
+def uniform_weights(mask: Optional[Tensor], like: Tensor) -> Tensor:
+    """ω_i = 1/(valid tokens) on valid tokens, 0 on masked ones: [B, Q] (``like``: [B, Q, d] for shape/dtype)."""
+    if mask is None:
+        return like.new_full(like.shape[:2], 1.0 / like.shape[1])
+    valid = mask.to(like.dtype)
+    return valid / valid.sum(dim=1, keepdim=True)
+
+
+def weight_stats(weights: Tensor, mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+    """How concentrated token weights are: the signs of the collapse.
+
+    Args:
+        weights: [B, Q] ω, summing to 1 over valid tokens.
+        mask: [B, Q] bool, True = valid; None = all valid.
+    Returns:
+        ``max_weight``: mean over the batch of max_i ω_i (1/Q for uniform weights, 1 when collapsed);
+        ``entropy``: mean over the batch of H(ω) / log(valid tokens), 1 for uniform weights, 0 when collapsed.
+    """
+    weights = weights.detach().float()
+    count = weights.new_full(weights.shape[:1], weights.shape[1]) if mask is None else mask.sum(dim=1).float()
+    entropy = -(weights * weights.clamp_min(1e-12).log()).sum(dim=1)
+    norm = torch.where(count > 1, entropy / count.clamp_min(2).log(), torch.ones_like(entropy))
+    return {"max_weight": weights.max(dim=1).values.mean(), "entropy": norm.mean()}
+
+
 def weighted_token_infonce(similarity: Tensor, weights: Tensor,
                            mask: Optional[Tensor]) -> Tensor:
     """Weighted token-level InfoNCE in both directions, METHOD §5 step 4.
@@ -160,18 +199,26 @@ class LocalAlignment(nn.Module):
         mask_words: mask padded words on the word side (**ours**, default);
             False reproduces the published word side, which lets padded words
             into its cross-entropy and weights.
+        weighting: what the token weights ω are: ``"learned"`` (published; they
+            collapse onto the easiest token), ``"detached"`` (ω from the same
+            attention, no gradient of the loss into it) or ``"uniform"`` (see
+            the module docstring).
 
     Modules: ``word_weighting`` and ``patch_weighting``, single-head
     :class:`torch.nn.MultiheadAttention` layers producing ω (step 3).
     """
 
-    def __init__(self, dim: int, temperature: float = 0.1, mask_words: bool = True) -> None:
+    def __init__(self, dim: int, temperature: float = 0.1, mask_words: bool = True,
+                 weighting: str = "learned") -> None:
         super().__init__()
         if dim <= 0 or temperature <= 0:
             raise ValueError(f"LocalAlignment: dim and temperature must be positive, got {dim}, {temperature}")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"LocalAlignment: weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
         self.dim = dim
         self.temperature = temperature
         self.mask_words = mask_words
+        self.weighting = weighting
         self.word_weighting = nn.MultiheadAttention(dim, 1, batch_first=True)
         self.patch_weighting = nn.MultiheadAttention(dim, 1, batch_first=True)
         for weighting in (self.word_weighting, self.patch_weighting):
@@ -180,9 +227,22 @@ class LocalAlignment(nn.Module):
             # trainable parameter takes part in each step (DDP needs no
             # find_unused_parameters) while state dicts keep the usual names.
             weighting.out_proj.requires_grad_(False)
+            if self.weighting != "learned":  # no gradient ever reaches them: frozen, kept for the state dict
+                weighting.requires_grad_(False)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, temperature={self.temperature}, mask_words={self.mask_words}"
+        return (f"dim={self.dim}, temperature={self.temperature}, mask_words={self.mask_words}, "
+                f"weighting={self.weighting}")
+
+    def token_weights(self, weighting: nn.MultiheadAttention, interactions: Tensor,
+                      mask: Optional[Tensor]) -> Tensor:
+        """ω [B, Q] of one side, as ``self.weighting`` says (step 3 and its remedies)."""
+        if self.weighting == "uniform":
+            return uniform_weights(mask, interactions)
+        if self.weighting == "detached":
+            with torch.no_grad():
+                return modality_weights(weighting, interactions.detach(), mask)
+        return modality_weights(weighting, interactions, mask)
 
     def forward(self, words: Tensor, patches: Tensor, word_mask: Optional[Tensor] = None,
                 patch_mask: Optional[Tensor] = None,
@@ -208,7 +268,7 @@ class LocalAlignment(nn.Module):
         word_to_patch, word_context = cross_attend(words, patches, patch_mask, tau)
         word_context = F.normalize(word_context, dim=-1)  # published: re-normalised
         word_inter = F.normalize(words * word_context, dim=-1)  # [B, W, d]
-        word_weights = modality_weights(self.word_weighting, word_inter, word_side_mask)
+        word_weights = self.token_weights(self.word_weighting, word_inter, word_side_mask)
         word_weights = word_weights / word_weights.sum(dim=1, keepdim=True)
         word_sim = words @ word_context.transpose(1, 2) / tau  # [B, W, W]
         loss_word = weighted_token_infonce(word_sim, word_weights, word_side_mask)
@@ -216,7 +276,7 @@ class LocalAlignment(nn.Module):
         # Patch side: patches attend over words (padded words always masked as keys).
         patch_to_word, patch_context = cross_attend(patches, words, word_mask, tau)
         patch_inter = F.normalize(patches * patch_context, dim=-1)  # context not re-normalised
-        patch_weights = modality_weights(self.patch_weighting, patch_inter, patch_mask)
+        patch_weights = self.token_weights(self.patch_weighting, patch_inter, patch_mask)
         patch_sim = patches @ patch_context.transpose(1, 2) / tau  # [B, P, P]
         loss_patch = weighted_token_infonce(patch_sim, patch_weights, patch_mask)
 

@@ -119,10 +119,11 @@ def set_dropout(module, p: float) -> None:
 
 
 def build_vision(cfg: Config):
-    """The profile's MoVE image tower (METHOD §3) on a timm ViT."""
+    """The profile's MoVE image tower (METHOD §3) on a timm ViT; ``model.vision.experts=shared`` builds the
+    chapter-4 ablation baseline (both views, one shared feed-forward, no lateral experts)."""
     from medst.models.vision import create_move
 
     v = cfg.model.vision
     pretrained = v.pretrained and os.environ.get("HF_HUB_OFFLINE") != "1" and v.checkpoint is None
     return create_move(v.name, pretrained=pretrained, checkpoint_path=v.checkpoint,
-                       lateral_init=v.lateral_init, **v.kwargs)
+                       lateral_init=v.lateral_init, experts=v.experts, **v.kwargs)

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from medst.losses.contrastive import global_alignment_loss
-from medst.losses.local import LocalAlignment
+from medst.losses.local import LocalAlignment, weight_stats
 from medst.losses.temporal import fmc_loss, rmr_loss
 from medst.models.heads import GlobalHead, LocalHead
 from medst.train.config import Config, LossConfig
@@ -73,7 +73,8 @@ class MedST(nn.Module):
         if loss.local_weight > 0:
             self.image_local = LocalHead(dv, head_hidden, embed_dim)
             self.text_local = LocalHead(dt, head_hidden, embed_dim)
-            self.local_alignment = LocalAlignment(embed_dim, loss.local_temperature, mask_words=loss.mask_words)
+            self.local_alignment = LocalAlignment(embed_dim, loss.local_temperature, mask_words=loss.mask_words,
+                                                  weighting=loss.local_weighting)
         else:
             self.image_local = self.text_local = self.local_alignment = None
 
@@ -116,8 +117,16 @@ class MedST(nn.Module):
             terms["global"] = global_alignment_loss(img.global_, txt.global_, cfg.global_temperature)
             total = total + cfg.global_weight * terms["global"]
         if self.uses_local:
-            terms["local"] = self.local_alignment(txt.words, img.patches, txt.word_mask, img.patch_mask)
+            local = self.local_alignment(txt.words, img.patches, txt.word_mask, img.patch_mask,
+                                         return_details=True)
+            terms["local"] = local.loss
             total = total + cfg.local_weight * terms["local"]
+            # Signs of the weights' collapse, logged beside the loss (chapter 5).
+            terms["local_word"], terms["local_patch"] = local.loss_word, local.loss_patch
+            for side, weights, mask in (("word", local.word_weights, txt.word_mask),
+                                        ("patch", local.patch_weights, img.patch_mask)):
+                for name, value in weight_stats(weights, mask).items():
+                    terms[f"{side}_{name}"] = value
         if cfg.temporal_weight > 0 and (cfg.fmc or cfg.rmr):
             temporal = self.temporal_terms(img.global_, txt.global_, batch.num_sequences, batch.sequence_length)
             terms.update(temporal)

@@ -15,6 +15,11 @@ The frontal expert is the timm block's own norm2/mlp (and layer scale); the late
 expert is a second norm + MLP per block (`MoVE.lateral_experts`). Attention and MLP
 code is timm's; only the routing is written here.
 
+`experts="shared"` is the ablation baseline of chapter 4 (what do the experts buy?): both
+views, one shared attention and ONE shared feed-forward (the timm block's norm2/mlp/ls2
+for every token), no lateral experts and no extra parameters. It equals MoVE whose
+lateral experts hold the frontal expert's weights, tied.
+
 Studies without a lateral (ours, METHOD §3.4) never spend compute on a fake view: the
 batch is split into the studies with a lateral (1 + 2N tokens) and those without
 (1 + N tokens), each group runs through the blocks in one batched call, and the
@@ -33,6 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+# "move": frontal + lateral feed-forward experts (published); "shared": one feed-forward for both views (baseline)
+EXPERTS = ("move", "shared")
 
 
 @dataclass
@@ -67,6 +74,14 @@ class LateralExpert(nn.Module):
         return self.ls(self.mlp(self.norm(x)))
 
 
+def _check_experts(experts: str) -> None:
+    if experts not in EXPERTS:
+        raise ValueError(
+            f"medst/models/vision.py: experts (model.vision.experts) must be one of "
+            f"{', '.join(repr(e) for e in EXPERTS)}, got {experts!r}"
+        )
+
+
 def _reset_parameters(module: nn.Module) -> None:
     """Fresh init like a timm ViT: Linear trunc-normal(0.02) with zero bias; norms and layer scale reset."""
     for m in module.modules():
@@ -98,10 +113,16 @@ class MoVE(nn.Module):
     Args:
         vit: a timm `VisionTransformer` with a class token (its classifier is dropped).
         lateral_init: "random" (published) or "frontal" (copy the frontal expert).
+        experts: "move" (published: a lateral feed-forward expert per block) or "shared"
+            (the ablation baseline of chapter 4: both views, one shared feed-forward, i.e.
+            lateral tokens go through the block's own norm2/mlp/ls2; `lateral_experts` is
+            None and the model has exactly the plain ViT's parameters, so DDP sees no
+            unused ones; `lateral_init` is then irrelevant).
     """
 
-    def __init__(self, vit: nn.Module, lateral_init: str = "random") -> None:
+    def __init__(self, vit: nn.Module, lateral_init: str = "random", experts: str = "move") -> None:
         super().__init__()
+        _check_experts(experts)
         name = type(vit).__name__
         if getattr(vit, "cls_token", None) is None:
             raise ValueError(f"medst/models/vision.py: {name} has no class token; MoVE reads the [CLS] output")
@@ -120,7 +141,12 @@ class MoVE(nn.Module):
         if getattr(vit, "attn_pool", None) is not None:
             vit.attn_pool = None
         self.vit = vit
-        self.lateral_experts = nn.ModuleList(make_lateral_expert(blk, lateral_init) for blk in vit.blocks)
+        self.experts = experts
+        self.lateral_experts: Optional[nn.ModuleList] = None
+        if experts == "move":
+            self.lateral_experts = nn.ModuleList(make_lateral_expert(blk, lateral_init) for blk in vit.blocks)
+        elif lateral_init not in ("random", "frontal"):  # same check as make_lateral_expert
+            raise ValueError(f"medst/models/vision.py: lateral_init must be 'random' or 'frontal', got {lateral_init!r}")
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -150,9 +176,12 @@ class MoVE(nn.Module):
 
     # ---------------------------------------------------------------- blocks
     def joint_block(self, i: int, x: torch.Tensor, n_frontal: int) -> torch.Tensor:
-        """Block i on [n, n_frontal + N, D]: shared attention, then frontal / lateral experts."""
+        """Block i on [n, n_frontal + N, D]: shared attention, then frontal / lateral experts
+        (with experts="shared": the block's one feed-forward on every token)."""
         blk = self.vit.blocks[i]
         x = x + blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x))))
+        if self.lateral_experts is None:  # shared feed-forward for both views
+            return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
         front = blk.ls2(blk.mlp(blk.norm2(x[:, :n_frontal])))
         side = self.lateral_experts[i](x[:, n_frontal:])
         return x + blk.drop_path2(torch.cat([front, side], dim=1))
@@ -305,6 +334,7 @@ def create_move(
     pretrained: bool = False,
     checkpoint_path: Optional[str] = None,
     lateral_init: str = "random",
+    experts: str = "move",
     **timm_kwargs,
 ) -> MoVE:
     """Build a MoVE image encoder through `timm.create_model`.
@@ -316,9 +346,11 @@ def create_move(
         pretrained: timm's own pretrained weights (needs the hub unless cached).
         checkpoint_path: a local file (.safetensors or torch) holding either a ViT state
             dict (timm key names; the classifier is ignored, position embeddings are
-            resized by timm's filter) or a full MoVE state dict (keys `vit.*`,
-            `lateral_experts.*`).
+            resized by timm's filter) or a full MoVE state dict (keys `vit.*`, and
+            `lateral_experts.*` unless it was saved with experts="shared").
         lateral_init: "random" (published) or "frontal" (copy of the loaded frontal MLPs).
+        experts: "move" (published) or "shared" (one feed-forward for both views: the
+            ablation baseline of chapter 4, see `MoVE`).
     """
     import timm
     from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
@@ -326,9 +358,16 @@ def create_move(
     vit = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **timm_kwargs)
     if not isinstance(vit, VisionTransformer):
         raise ValueError(f"medst/models/vision.py: {model_name} is a {type(vit).__name__}, not a timm VisionTransformer")
+    _check_experts(experts)  # before reading any file
     state = _read_state_dict(str(checkpoint_path)) if checkpoint_path else None
-    if state is not None and any(k.startswith("lateral_experts.") for k in state):
-        move = MoVE(vit, lateral_init="random")
+    if state is not None and any(k.startswith(("vit.", "lateral_experts.")) for k in state):  # a full MoVE state
+        saved = "move" if any(k.startswith("lateral_experts.") for k in state) else "shared"
+        if saved != experts:
+            raise ValueError(
+                f"medst/models/vision.py: {checkpoint_path} holds a MoVE saved with experts={saved!r}, "
+                f"but experts={experts!r} was asked for"
+            )
+        move = MoVE(vit, lateral_init="random", experts=experts)
         move.load_state_dict(state, strict=True)
         return move
     if state is not None:
@@ -343,4 +382,4 @@ def create_move(
                 f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                 f"unexpected {result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}"
             )
-    return MoVE(vit, lateral_init=lateral_init)
+    return MoVE(vit, lateral_init=lateral_init, experts=experts)

@@ -43,6 +43,8 @@ class VisionConfig:
     pretrained: bool = False             # fetch ImageNet weights through timm (online only)
     checkpoint: str | None = None        # local weights file for the ViT
     lateral_init: str = "random"         # "random" (published) or "frontal" (copy the frontal expert)
+    experts: str = "move"                # "move" (published: frontal + lateral FFN experts) or "shared"
+                                         # (both views through one shared FFN: the ablation baseline, chapter 4)
     kwargs: dict[str, Any] = field(default_factory=dict)  # timm overrides: img_size, patch_size, depth, ...
 
 
@@ -81,6 +83,7 @@ class LossConfig:
     fmc: bool = True                     # temporal terms, switchable for ablations
     rmr: bool = True
     mask_words: bool = True              # False: published unmasked word side
+    local_weighting: str = "detached"    # token weights ω: "learned" (published; collapses), "detached", "uniform"
 
 
 @dataclass

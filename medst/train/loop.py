@@ -31,7 +31,8 @@ from medst.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_stat
 from medst.train.config import Config, load_profile
 
 METRIC_FIELDS = ["step", "epoch", "loss", "global", "local", "temporal", "fmc", "rmr", "lr", "grad_norm",
-                 "pairs_per_s", "seconds"]
+                 "pairs_per_s", "seconds", "local_word", "local_patch", "word_max_weight", "word_entropy",
+                 "patch_max_weight", "patch_entropy"]
 
 
 class NonFiniteLoss(RuntimeError):

@@ -1,0 +1,56 @@
+"""The chapters' shared runs: the book model is trained once and loaded afterwards."""
+from __future__ import annotations
+
+import pytest
+
+import medst.chapter
+from medst.book import execution_order, chapters
+from medst.train import loop
+
+
+@pytest.fixture
+def ctx(tmp_path, prepared_dir, monkeypatch):
+    """A ci chapter context on the session's small prepared phantom, with a 2-step profile."""
+    monkeypatch.setattr(medst.chapter.Chapter, "prepared_dir", property(lambda self: prepared_dir))
+    chapter = medst.chapter.setup("ci", tmp_path / "data", 0, "cpu")
+    chapter.cfg = chapter.cfg.override("train.steps=2", "train.checkpoint_every=1", "train.log_every=1")
+    return chapter
+
+
+def test_book_model_is_loaded_not_retrained(ctx, monkeypatch):
+    run = ctx.book_model(progress=False)
+    weights = run / "model.safetensors"
+    assert weights.exists() and (run / "metrics.csv").exists()
+    stamp = weights.stat().st_mtime_ns
+
+    def refuse(self):
+        raise AssertionError("the book model was retrained although it exists")
+
+    monkeypatch.setattr(loop.Trainer, "fit", refuse)
+    assert ctx.book_model(progress=False) == run            # loaded: fit() is never called
+    assert weights.stat().st_mtime_ns == stamp
+
+
+def test_book_model_of_another_configuration_is_retrained(ctx, monkeypatch):
+    run = ctx.book_model(progress=False)
+    calls = []
+    real_fit = loop.Trainer.fit
+
+    def counting_fit(self):
+        calls.append(self.cfg.train.steps)
+        return real_fit(self)
+
+    monkeypatch.setattr(loop.Trainer, "fit", counting_fit)
+    ctx.cfg = ctx.cfg.override("train.steps=3")
+    assert ctx.book_model(progress=False) == run
+    assert calls == [3]
+    assert ctx.variant_run("book", max_steps=2, progress=False) == run   # a capped run is a different one
+    assert calls == [3, 2]
+
+
+def test_chapter_7_executes_before_the_chapters_that_load_its_model():
+    order = [n.stem for n in execution_order(chapters())]
+    assert order.index("07_pretraining") < min(order.index(c) for c in
+                                                ("04_move", "05_local_alignment", "06_temporal", "08_evaluation",
+                                                 "09_ablations"))
+    assert sorted(order) == sorted(n.stem for n in chapters())
