@@ -74,6 +74,11 @@ class LateralExpert(nn.Module):
         return self.ls(self.mlp(self.norm(x)))
 
 
+def _check_lateral_init(init: str) -> None:
+    if init not in ("random", "frontal"):
+        raise ValueError(f"medst/models/vision.py: lateral_init must be 'random' or 'frontal', got {init!r}")
+
+
 def _check_experts(experts: str) -> None:
     if experts not in EXPERTS:
         raise ValueError(
@@ -99,8 +104,7 @@ def make_lateral_expert(block: nn.Module, init: str = "random") -> LateralExpert
     init="random": fresh weights (published). init="frontal": a copy of the block's
     frontal norm + MLP + layer scale (ours, option; METHOD §3.6).
     """
-    if init not in ("random", "frontal"):
-        raise ValueError(f"medst/models/vision.py: lateral_init must be 'random' or 'frontal', got {init!r}")
+    _check_lateral_init(init)
     expert = LateralExpert(copy.deepcopy(block.norm2), copy.deepcopy(block.mlp), copy.deepcopy(block.ls2))
     if init == "random":
         _reset_parameters(expert)
@@ -123,6 +127,7 @@ class MoVE(nn.Module):
     def __init__(self, vit: nn.Module, lateral_init: str = "random", experts: str = "move") -> None:
         super().__init__()
         _check_experts(experts)
+        _check_lateral_init(lateral_init)
         name = type(vit).__name__
         if getattr(vit, "cls_token", None) is None:
             raise ValueError(f"medst/models/vision.py: {name} has no class token; MoVE reads the [CLS] output")
@@ -145,8 +150,6 @@ class MoVE(nn.Module):
         self.lateral_experts: Optional[nn.ModuleList] = None
         if experts == "move":
             self.lateral_experts = nn.ModuleList(make_lateral_expert(blk, lateral_init) for blk in vit.blocks)
-        elif lateral_init not in ("random", "frontal"):  # same check as make_lateral_expert
-            raise ValueError(f"medst/models/vision.py: lateral_init must be 'random' or 'frontal', got {lateral_init!r}")
 
     # ------------------------------------------------------------------ sizes
     @property
