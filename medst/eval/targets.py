@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Union
 
+from medst.eval.embed import load_model
 from medst.eval.run import evaluate
 
 TASKS = "retrieval,temporal-text,progression-probe"
@@ -20,11 +21,13 @@ TASKS = "retrieval,temporal-text,progression-probe"
 
 def target_scores(run: Union[str, os.PathLike], data: Union[str, os.PathLike], *, random_init: bool = False,
                   seed: int = 0, device: str = "auto") -> dict[str, float]:
-    """The target metrics of one model: the run's weights, or (``random_init``) its untrained architecture."""
-    test = evaluate(run, data, TASKS, device=device, random_baseline=random_init, seed=seed, progress=False,
-                    probe_splits=["test"])
-    every = evaluate(run, data, "progression-probe", device=device, random_baseline=random_init, seed=seed,
-                     progress=False)
+    """The target metrics of one model: the run's weights, or (``random_init``) its untrained architecture.
+
+    The model is loaded once and scored twice: on the test split, and by the progression probe on every patient.
+    """
+    em = load_model(run, device, random_init=random_init, seed=seed)
+    test = evaluate(run, data, TASKS, seed=seed, progress=False, model=em, probe_splits=["test"])
+    every = evaluate(run, data, "progression-probe", seed=seed, progress=False, model=em)
     return {"retrieval_i2t_r@5": test["retrieval"]["i2t_r@5"],
             "retrieval_chance@5": 5 * test["retrieval"]["chance_r@1"],
             "progression_acc_test": test["progression-probe"]["mean_acc"],
