@@ -221,14 +221,14 @@ class LocalAlignment(nn.Module):
         self.weighting = weighting
         self.word_weighting = nn.MultiheadAttention(dim, 1, batch_first=True)
         self.patch_weighting = nn.MultiheadAttention(dim, 1, batch_first=True)
-        for weighting in (self.word_weighting, self.patch_weighting):
+        for attention in (self.word_weighting, self.patch_weighting):
             # Only the attention weights are used, never the attention output, so the
             # output projection never receives a gradient: freeze it, so that every
             # trainable parameter takes part in each step (DDP needs no
             # find_unused_parameters) while state dicts keep the usual names.
-            weighting.out_proj.requires_grad_(False)
-            if self.weighting != "learned":  # no gradient ever reaches them: frozen, kept for the state dict
-                weighting.requires_grad_(False)
+            attention.out_proj.requires_grad_(False)
+            if weighting != "learned":  # no gradient ever reaches them: frozen, kept for the state dict
+                attention.requires_grad_(False)
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, temperature={self.temperature}, mask_words={self.mask_words}, "
