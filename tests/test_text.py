@@ -1,6 +1,10 @@
 """Text encoder and word merge (METHOD §2)."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -172,6 +176,29 @@ def test_text_pool_resolution():
     assert text_pool(hf, "hf") == "cls" and text_pool(hf, "minilm") == "mean" and text_pool(hf, "tiny") == "mean"
     with pytest.raises(ValueError, match="model.text.pool"):
         text_pool(load_profile("ci", ["model.text.pool=first"]))
+
+
+_TRAIN_IN_A_FRESH_PROCESS = """
+import json, sys
+from medst.models.text import train_wordpiece_tokenizer
+corpus = json.loads(sys.stdin.read())
+tok = train_wordpiece_tokenizer(corpus, vocab_size=120)
+print(json.dumps(sorted(tok.get_vocab().items())))
+print(json.dumps(tok.all_special_tokens))
+"""
+
+
+def test_tokenizer_training_is_the_same_in_every_process():
+    """The `tokenizers` trainer orders its continuation pieces by a per-process hash; the ids are fixed up front,
+    so fresh processes (fresh hash seeds) must give one vocabulary and the same five special tokens."""
+    corpus = [r.lower() for r in REPORTS] * 2 + ["the lungs are clear", "heart size is normal", "no change"]
+    outputs = {subprocess.run([sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS], input=json.dumps(corpus),
+                              capture_output=True, text=True, check=True).stdout for _ in range(4)}
+    assert len(outputs) == 1, "two processes trained different vocabularies from one corpus"
+    vocab_line, special_line = outputs.pop().splitlines()
+    vocab = dict(json.loads(vocab_line))
+    assert set(json.loads(special_line)) == {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
+    assert vocab["[PAD]"] == 0 and "##e" in vocab and len(vocab) <= 120
 
 
 def test_tokenizer_case_option():

@@ -27,7 +27,9 @@ def metrics(run: Path) -> list[dict[str, float]]:
 
 
 def test_ci_profile_loss_falls(prepared_dir, tmp_path):
-    cfg = load_profile("ci")
+    # 80 steps, twice the profile's: over its 40 the temporal terms still wander (over seeds 0-4 the total
+    # changed by +2 % to -28 %), over 80 the total fell by 31-46 % for each of those seeds.
+    cfg = load_profile("ci", ["train.steps=80"])
     rows = pretrain(cfg, prepared_dir, tmp_path / "run", device="cpu", progress=False)
     losses = [r["loss"] for r in rows]
     assert len(losses) == cfg.train.steps and all(torch.isfinite(torch.tensor(losses)))
@@ -35,7 +37,7 @@ def test_ci_profile_loss_falls(prepared_dir, tmp_path):
     # medians of the first and last quarters of the run rather than single steps.
     quarter = len(losses) // 4
     first, last = statistics.median(losses[:quarter]), statistics.median(losses[-quarter:])
-    assert last < 0.95 * first, f"total loss did not fall: median {first:.3f} over the first {quarter} steps, {last:.3f} over the last"
+    assert last < 0.85 * first, f"total loss did not fall: median {first:.3f} over the first {quarter} steps, {last:.3f} over the last"
     local = [r["local"] for r in rows]
     assert statistics.mean(local[-quarter:]) < 0.8 * statistics.mean(local[:quarter]), "the local loss did not fall"
     logged = metrics(tmp_path / "run")

@@ -222,20 +222,34 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, lowe
     Returns a `transformers.PreTrainedTokenizerFast` (save with `save_pretrained`, reload
     with `AutoTokenizer.from_pretrained(dir)`).
 
-    The trainer breaks frequency ties in hash order, which differs between processes, so two trainings on
-    the same corpus may give different ids; `medst.models.build.build_tokenizer` therefore trains once per
-    prepared data set and keeps the result beside it.
+    Training is deterministic: the same corpus gives the same vocabulary and ids in every process. The
+    `tokenizers` trainer creates the continuation pieces ("##e") in hash-map order, which differs between
+    processes, and breaks frequency ties by id, so left alone it picks different merges from run to run
+    (huggingface/tokenizers#1794). Here every "##c" of the corpus's characters is given its id up front, in
+    sorted order, through the trainer's special tokens; the tokenizer is then rebuilt from the learned
+    vocabulary with only the five real special tokens, so "##c" stays an ordinary vocabulary entry.
+    `medst.models.build.build_tokenizer` still keeps the result beside the prepared data, so a run never
+    retrains it.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##", show_progress=False
-    )
-    tok.train_from_iterator(iter(texts), trainer=trainer)
+    texts = list(texts)
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    continuations = sorted({"##" + c for text in texts
+                            for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+                            for c in word[1:]})
+    draft = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    draft.normalizer, draft.pre_tokenizer = normalizer, pre_tokenizer
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS) + continuations,
+                                        continuing_subword_prefix="##", show_progress=False)
+    draft.train_from_iterator(iter(texts), trainer=trainer)
+
+    tok = Tokenizer(models.WordPiece(draft.get_vocab(with_added_tokens=True), unk_token="[UNK]",
+                                     continuing_subword_prefix="##"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
