@@ -6,7 +6,7 @@ PROFILE ?= cpu
 BUILD  ?= _build
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv browser test test-fast book execute html student reproduce bench benchmarks clean
+.PHONY: venv browser test test-fast book execute html student reproduce bench benchmarks gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -51,6 +51,13 @@ bench: venv
 # Every speed benchmark of the repository on this machine; results go to benchmarks/results/.
 benchmarks: venv
 	PYTHON=$(PY) benchmarks/run_all.sh
+
+# The GPU check (benchmarks/gpu_check.sh): GPU-only tests, `medst bench --profile gpu` over a batch sweep and a
+# short gpu-profile run, results in $$OUT. Needs no venv, so that it runs as is on a GPU machine's python3;
+# `make gpu-check GPU_CHECK_ARGS=--dry-run` runs it on tiny shapes on a CPU.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) benchmarks/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(BUILD) .pytest_cache

@@ -19,6 +19,7 @@ import json
 import os
 import warnings
 from collections import deque
+import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -114,6 +115,7 @@ class Batch:
 
     frontal: Tensor         # [B, 3, H, W] float
     lateral: Tensor         # [B_lat, 3, H, W] float: only the studies that have a lateral, in batch order
+                            # (then zero rows after :meth:`pad_laterals`)
     has_lateral: Tensor     # [B] bool
     input_ids: Tensor       # [B, T] long
     attention_mask: Tensor  # [B, T] long
@@ -131,6 +133,17 @@ class Batch:
     def _map(self, fn) -> "Batch":
         return Batch(**{f.name: fn(getattr(self, f.name)) if isinstance(getattr(self, f.name), Tensor)
                         else getattr(self, f.name) for f in fields(self)})
+
+    def pad_laterals(self, bucket: int) -> "Batch":
+        """The batch with zero rows appended to ``lateral`` up to a multiple of ``bucket`` (at most B rows), so
+        that the lateral group of MoVE takes few sizes (``MoVE.group_bucket``, static shapes for
+        ``torch.compile``). ``has_lateral`` still marks the real ones. ``bucket`` 0 returns the batch as is."""
+        rows = self.lateral.shape[0]
+        target = min(-(-rows // bucket) * bucket, self.size) if bucket > 0 else rows
+        if target == rows:
+            return self
+        pad = self.lateral.new_zeros((target - rows, *self.lateral.shape[1:]))
+        return dataclasses.replace(self, lateral=torch.cat([self.lateral, pad]))
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """The batch with every tensor on ``device``."""
@@ -424,12 +437,15 @@ class Collator:
     """Items of :class:`StudyDataset` -> :class:`Batch` (use as ``DataLoader(collate_fn=...)``).
 
     ``tokenizer``: a callable Hugging Face (fast) tokenizer. Texts are padded to ``max_length`` (the published
-    112 tokens) unless ``padding="longest"``.
+    112 tokens) unless ``padding="longest"``. ``lateral_bucket`` > 0 pads the compact laterals to a multiple
+    of it (:meth:`Batch.pad_laterals`), in the loader's workers.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int = 112, sequence_length: int = 4, padding: str = "max_length"):
+    def __init__(self, tokenizer: Any, max_length: int = 112, sequence_length: int = 4, padding: str = "max_length",
+                 lateral_bucket: int = 0):
         self.tokenizer, self.max_length, self.padding = tokenizer, int(max_length), padding
         self.L = int(sequence_length)
+        self.lateral_bucket = int(lateral_bucket)
 
     def _num_sequences(self, items: Sequence[dict[str, Any]]) -> int:
         positions = [int(it.get("sequence_position", -1)) for it in items]
@@ -468,7 +484,7 @@ class Collator:
             study_ids=[int(it["study_id"]) for it in items],
             subject_ids=[int(it["subject_id"]) for it in items],
             texts=texts,
-        )
+        ).pad_laterals(self.lateral_bucket)
 
 
 def make_loader(prepared_dir: str | os.PathLike, tokenizer: Any, *, split: str = "train", image_size: int = 224,

@@ -527,7 +527,7 @@ def synthesize(out_dir: Union[str, Path], n_patients: int = 200, image_size: int
                 for res in pool.imap(_run, tasks, chunksize=max(1, min(16, len(tasks) // (8 * workers)))):
                     results.append(res)
                     bar.update()
-    rows: dict[str, list] = {}
+    rows: dict[str, list] = {"rsna": [], "covidx": []}  # either part may be empty (n_rsna=0: no pydicom needed)
     for res in results:
         for k, v in res.items():
             rows.setdefault(k, []).extend(v)

@@ -69,6 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medst import checks
+
 __all__ = ["LocalAlignment", "LocalAlignmentOutput", "WEIGHTINGS", "weight_stats"]
 
 WEIGHTINGS = ("learned", "detached", "uniform")
@@ -305,5 +307,4 @@ class LocalAlignment(nn.Module):
             if mask.dtype != torch.bool or mask.shape != ref.shape[:2]:
                 raise ValueError(f"LocalAlignment: {name} must be a bool tensor of shape "
                                  f"{tuple(ref.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
-            if not bool(mask.any(dim=1).all()):
-                raise ValueError(f"LocalAlignment: every pair needs at least one valid entry in {name}")
+            checks.check(mask.any(dim=1).all(), f"LocalAlignment: every pair needs at least one valid entry in {name}")

@@ -14,6 +14,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from medst.train.distributed import batch_norm_rows
+
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear -> BatchNorm1d -> ReLU -> Linear -> BatchNorm1d(affine=False), on [n, in_dim]."""
@@ -40,11 +42,15 @@ class GlobalHead(nn.Module):
 class LocalHead(nn.Module):
     """Per-token projection: [B, T, in_dim] (+ mask [B, T]) -> [B, T, out_dim].
 
-    With a mask (ours), only valid tokens are gathered and projected, so BatchNorm's
-    statistics come from real words / patches only; invalid slots of the output are
-    zero. With `mask=None` every token counts, which is the published behaviour (its
-    BatchNorm also averages over padding words and zero-image lateral patches).
-    Outputs are not normalised; the model L2-normalises them.
+    With a mask (ours), BatchNorm's statistics come from real words / patches only and
+    invalid slots of the output are zero. With `mask=None` every token counts, which is the
+    published behaviour (its BatchNorm also averages over padding words and zero-image
+    lateral patches). Outputs are not normalised; the model L2-normalises them.
+
+    The masked form projects every slot and takes the statistics over the valid ones
+    (:func:`~medst.train.distributed.batch_norm_rows`), rather than gathering the valid
+    tokens first: the shapes then do not depend on the data, so a training step never waits
+    for the device to count them (and torch.compile sees static shapes).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
@@ -58,7 +64,11 @@ class LocalHead(nn.Module):
             return self.mlp(tokens.reshape(B * T, D)).view(B, T, self.out_dim)
         if mask.shape != (B, T):
             raise ValueError(f"medst/models/heads.py: mask {tuple(mask.shape)} does not match tokens {tuple(tokens.shape)}")
-        mask = mask.bool()
-        projected = self.mlp(tokens[mask])  # [n_valid, out_dim]
-        out = projected.new_zeros(B, T, self.out_dim)
-        return out.masked_scatter(mask[..., None], projected)
+        valid = mask.bool().reshape(B * T)
+        x = tokens.reshape(B * T, D)
+        for layer in self.mlp:
+            if isinstance(layer, nn.BatchNorm1d) and layer.training:
+                x = batch_norm_rows(layer, x, valid)
+            else:  # Linear, ReLU, and BatchNorm with its running statistics (per token)
+                x = layer(x)
+        return torch.where(valid[:, None], x, x.new_zeros(())).view(B, T, self.out_dim)

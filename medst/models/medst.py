@@ -84,9 +84,11 @@ class MedST(nn.Module):
 
     # -- inference ----------------------------------------------------------------------------------
     def encode_image(self, frontal: torch.Tensor, lateral: torch.Tensor | None = None,
-                     has_lateral: torch.Tensor | None = None, local: bool | None = None) -> ImageEmbedding:
-        """frontal [B,3,H,W] (+ lateral, compact or full, and has_lateral [B]) -> normalised embeddings."""
-        out = self.vision(frontal, lateral, has_lateral)
+                     has_lateral: torch.Tensor | None = None, local: bool | None = None,
+                     compact: bool | None = None) -> ImageEmbedding:
+        """frontal [B,3,H,W] (+ lateral, compact or full, and has_lateral [B]) -> normalised embeddings.
+        ``compact=True``: the laterals are compact even with B rows (see :meth:`MoVE.forward`)."""
+        out = self.vision(frontal, lateral, has_lateral, compact=compact)
         emb = ImageEmbedding(F.normalize(self.image_global(out.cls), dim=-1))
         if self.uses_local and local is not False:
             emb.patches = F.normalize(self.image_local(out.patches, out.patch_mask), dim=-1)
@@ -105,9 +107,12 @@ class MedST(nn.Module):
 
     # -- training -----------------------------------------------------------------------------------
     def forward(self, batch) -> MedSTOutput:
-        """A :class:`medst.data.dataset.Batch` -> the weighted loss of METHOD §7 and its terms."""
+        """A :class:`medst.data.dataset.Batch` -> the weighted loss of METHOD §7 and its terms.
+
+        Nothing here waits for the device (no ``.item()``, no data-dependent shapes), so that the host can queue
+        the next step while this one runs; the training loop reads the values only at its log steps."""
         cfg = self.loss_cfg
-        img = self.encode_image(batch.frontal, batch.lateral, batch.has_lateral)
+        img = self.encode_image(batch.frontal, batch.lateral, batch.has_lateral, compact=True)
         txt = self.encode_text(batch.input_ids, batch.attention_mask)
         zero = img.global_.new_zeros(())
         terms: dict[str, torch.Tensor] = {}
@@ -133,7 +138,7 @@ class MedST(nn.Module):
             terms["temporal"] = sum(temporal.values(), zero)
             total = total + cfg.temporal_weight * terms["temporal"]
 
-        if dist.is_available() and dist.is_initialized() and not bool(batch.has_lateral.any()):
+        if dist.is_available() and dist.is_initialized() and batch.lateral.shape[0] == 0:
             # With several processes every parameter must take part in every step; a batch without any
             # lateral view leaves the lateral experts out, so they join with a zero contribution.
             total = total + sum(p.sum() for n, p in self.vision.named_parameters() if "lateral" in n) * 0.0

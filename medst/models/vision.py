@@ -25,6 +25,15 @@ batch is split into the studies with a lateral (1 + 2N tokens) and those without
 (1 + N tokens), each group runs through the blocks in one batched call, and the
 results are scattered back. A study without a lateral is exactly a plain ViT, so
 single-view input (downstream tasks) is `vit.forward_features` (METHOD §3.5).
+
+The split needs no host synchronisation when the laterals come compact (one row per study
+that has one, as in a training `Batch`): the size of the lateral group is the number of
+lateral rows, a shape the host knows, and the routing indices are computed on the device.
+Group sizes still change from batch to batch, which makes `torch.compile` recompile;
+`group_bucket = k` (ours, `train.group_bucket`) gives the groups a few fixed sizes instead:
+the caller pads the compact laterals to a multiple of k (`Batch.pad_laterals`), the
+single-view group is padded alike, and the padding rows are computed and dropped. The
+result is the same as without padding (a ViT treats each study on its own).
 """
 from __future__ import annotations
 
@@ -36,6 +45,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from medst import checks
 
 BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 # "move": frontal + lateral feed-forward experts (published); "shared": one feed-forward for both views (baseline)
@@ -122,10 +133,17 @@ class MoVE(nn.Module):
             lateral tokens go through the block's own norm2/mlp/ls2; `lateral_experts` is
             None and the model has exactly the plain ViT's parameters, so DDP sees no
             unused ones; `lateral_init` is then irrelevant).
+        group_bucket: 0 (groups of their exact sizes) or k > 0: compact laterals may carry up to
+            k - 1 padding rows after the real ones, and the single-view group is padded to a
+            multiple of k (static shapes for torch.compile; see the module docstring).
     """
 
-    def __init__(self, vit: nn.Module, lateral_init: str = "random", experts: str = "move") -> None:
+    def __init__(self, vit: nn.Module, lateral_init: str = "random", experts: str = "move",
+                 group_bucket: int = 0) -> None:
         super().__init__()
+        if group_bucket < 0:
+            raise ValueError(f"medst/models/vision.py: group_bucket must be >= 0, got {group_bucket}")
+        self.group_bucket = int(group_bucket)  # see the module docstring; 0: groups of their exact sizes
         _check_experts(experts)
         _check_lateral_init(lateral_init)
         name = type(vit).__name__
@@ -218,58 +236,95 @@ class MoVE(nn.Module):
         return (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)
 
     # --------------------------------------------------------------- forward
-    def _split(self, frontal, lateral, has_lateral):
-        """Check inputs; return (has_lateral [B] bool, lateral images of the studies that have one)."""
+    def _split(self, frontal, lateral, has_lateral, compact: Optional[bool] = None):
+        """Check inputs; return (has_lateral [B] bool on the device, compact laterals or None).
+
+        Compact laterals hold the studies with a lateral in batch order, then (with
+        `group_bucket`) up to group_bucket - 1 ignored padding rows. `compact=None` infers the
+        form: B rows are the full form (row i belongs to study i), fewer rows are compact.
+        Only the full form with some laterals missing reads `has_lateral` on the host.
+        """
         B = frontal.shape[0]
         if lateral is None:
-            if has_lateral is not None and bool(has_lateral.any()):
-                raise ValueError("medst/models/vision.py: has_lateral marks laterals but no lateral images were given")
+            if has_lateral is not None:
+                checks.check(~has_lateral.any(),
+                             "medst/models/vision.py: has_lateral marks laterals but no lateral images were given")
             return torch.zeros(B, dtype=torch.bool, device=frontal.device), None
-        if has_lateral is None:
-            if lateral.shape[0] != B:
-                raise ValueError(
-                    f"medst/models/vision.py: {lateral.shape[0]} lateral images for {B} studies; pass has_lateral"
-                )
-            has_lateral = torch.ones(B, dtype=torch.bool, device=frontal.device)
-        has_lateral = has_lateral.to(device=frontal.device, dtype=torch.bool)
-        if has_lateral.shape != (B,):
-            raise ValueError(f"medst/models/vision.py: has_lateral {tuple(has_lateral.shape)} must be [{B}]")
-        n_lat = int(has_lateral.sum())
-        if lateral.shape[0] == B:
-            lateral = lateral[has_lateral] if n_lat < B else lateral
-        elif lateral.shape[0] != n_lat:
-            raise ValueError(
-                f"medst/models/vision.py: lateral has {lateral.shape[0]} images; expected {B} (full) "
-                f"or {n_lat} (compact, one per study with has_lateral)"
-            )
         if lateral.shape[1:] != frontal.shape[1:]:
             raise ValueError(
                 f"medst/models/vision.py: lateral images {tuple(lateral.shape[1:])} differ from frontal {tuple(frontal.shape[1:])}"
             )
+        rows = lateral.shape[0]
+        if has_lateral is None:
+            if rows != B:
+                raise ValueError(f"medst/models/vision.py: {rows} lateral images for {B} studies; pass has_lateral")
+            return torch.ones(B, dtype=torch.bool, device=frontal.device), lateral
+        has_lateral = has_lateral.to(device=frontal.device, dtype=torch.bool)
+        if has_lateral.shape != (B,):
+            raise ValueError(f"medst/models/vision.py: has_lateral {tuple(has_lateral.shape)} must be [{B}]")
+        if compact is None:
+            compact = rows != B
+        if not compact:  # full form: which rows are real is known from has_lateral only (a host sync)
+            if rows != B:
+                raise ValueError(f"medst/models/vision.py: full-form laterals need {B} rows, got {rows}")
+            n_lat = int(has_lateral.sum())
+            return has_lateral, (lateral[has_lateral] if n_lat < B else lateral)
+        if rows > B:
+            raise ValueError(f"medst/models/vision.py: lateral has {rows} images for {B} studies")
+        slack = max(self.group_bucket - 1, 0)
+        n_lat = has_lateral.sum()
+        if torch.compiler.is_compiling():
+            pass
+        elif checks.host_can_read(n_lat):  # say exactly what is wrong
+            n = int(n_lat)
+            if not rows - slack <= n <= rows:
+                raise ValueError(
+                    f"medst/models/vision.py: lateral has {rows} images; expected {B} (full) "
+                    f"or {n} (compact, one per study with has_lateral"
+                    + (f", plus at most {slack} padding rows)" if slack else ")")
+                )
+        else:
+            checks.check((n_lat <= rows) & (n_lat >= rows - slack), f"medst/models/vision.py: compact laterals: "
+                         f"{rows} rows do not match has_lateral (at most {slack} padding rows)")
         return has_lateral, lateral
 
-    def _encode(self, frontal, lateral, has_lateral, capture: Optional[int] = None):
+    def _group_sizes(self, B: int, rows: int) -> tuple[int, int]:
+        """Sizes of the (lateral, single-view) groups for B studies and `rows` compact lateral rows."""
+        k = self.group_bucket
+        if k == 0:
+            return rows, B - rows
+        # B - rows single-view studies, plus one for each padding row of the laterals (at most k - 1)
+        return rows, min(B, -(-(B - rows + k - 1) // k) * k)
+
+    def _encode(self, frontal, lateral, has_lateral, capture: Optional[int] = None,
+                compact: Optional[bool] = None):
         """Tokens [B, prefix + P, D], patch mask [B, P], optional attention [B, heads, S, S]."""
-        has_lateral, lateral = self._split(frontal, lateral, has_lateral)
+        has_lateral, lateral = self._split(frontal, lateral, has_lateral, compact)
         B, k = frontal.shape[0], self.num_prefix_tokens
-        n_lat = 0 if lateral is None else lateral.shape[0]
-        if n_lat == 0:  # single view everywhere: a plain ViT
+        rows = 0 if lateral is None else lateral.shape[0]
+        if rows == 0:  # single view everywhere: a plain ViT
             x, probs = self._run(self.embed(frontal), joint=False, capture=capture)
             return x, torch.ones(B, x.shape[1] - k, dtype=torch.bool, device=x.device), probs
-        if n_lat == B:
+        n_lat, n_one = self._group_sizes(B, rows)
+        if n_one == 0:  # a lateral for every study
             x, probs = self._run(self.embed_pair(frontal, lateral), joint=True, capture=capture)
             return x, torch.ones(B, x.shape[1] - k, dtype=torch.bool, device=x.device), probs
-        # mixed batch: the two groups run separately, each as one batched call
-        idx_lat = has_lateral.nonzero().squeeze(1)
-        idx_one = (~has_lateral).nonzero().squeeze(1)
+        # Mixed batch: the two groups run separately, each as one batched call. The routing is computed on the
+        # device: a stable sort puts the studies with a lateral first, in batch order (matching the compact
+        # rows), another puts those without first. Rows past a group's real studies are padding.
+        flag = has_lateral.to(torch.uint8)
+        idx_lat = torch.argsort(1 - flag, stable=True)[:n_lat]
+        idx_one = torch.argsort(flag, stable=True)[:n_one]
         x_lat, p_lat = self._run(self.embed_pair(frontal[idx_lat], lateral), joint=True, capture=capture)
         x_one, p_one = self._run(self.embed(frontal[idx_one]), joint=False, capture=capture)
         N = x_one.shape[1] - k
-        inverse = torch.argsort(torch.cat([idx_lat, idx_one]))
-        x = torch.cat([x_lat, F.pad(x_one, (0, 0, 0, N))], dim=0)[inverse]
+        # study i's row in [x_lat; x_one]: its rank among the studies with (or without) a lateral
+        rank = torch.cumsum(flag, 0) - 1, torch.cumsum(1 - flag, 0) - 1
+        source = torch.where(has_lateral, rank[0], n_lat + rank[1])
+        x = torch.cat([x_lat, F.pad(x_one, (0, 0, 0, N))], dim=0)[source]
         probs = None
         if capture is not None:
-            probs = torch.cat([p_lat, F.pad(p_one, (0, N, 0, N))], dim=0)[inverse]
+            probs = torch.cat([p_lat, F.pad(p_one, (0, N, 0, N))], dim=0)[source]
         mask = torch.ones(B, 2 * N, dtype=torch.bool, device=x.device)
         mask[:, N:] = has_lateral[:, None]
         return x, mask, probs
@@ -279,18 +334,22 @@ class MoVE(nn.Module):
         frontal: torch.Tensor,
         lateral: Optional[torch.Tensor] = None,
         has_lateral: Optional[torch.Tensor] = None,
+        compact: Optional[bool] = None,
     ) -> VisionOutput:
         """Encode studies (METHOD §3).
 
         Args:
             frontal: [B, 3, H, W].
             lateral: None, compact [has_lateral.sum(), 3, H, W] (studies with a lateral,
-                in batch order) or full [B, 3, H, W] (rows without a lateral are ignored).
+                in batch order; with `group_bucket`, then padding rows) or full [B, 3, H, W]
+                (rows without a lateral are ignored).
             has_lateral: [B] bool; None means every study has one if `lateral` is given.
+            compact: True if `lateral` is compact even with B rows (a padded batch); None
+                infers the form from the number of rows.
         Returns:
             VisionOutput(cls [B, D], patches [B, P, D], patch_mask [B, P]).
         """
-        x, mask, _ = self._encode(frontal, lateral, has_lateral)
+        x, mask, _ = self._encode(frontal, lateral, has_lateral, compact=compact)
         k = self.num_prefix_tokens
         return VisionOutput(cls=x[:, 0], patches=x[:, k:], patch_mask=mask)
 

@@ -78,11 +78,14 @@ def bench_model(cfg: Config, device: torch.device, sequences: int, steps: int = 
     seed_everything(0)
     tokenizer = synthetic_tokenizer(cfg.model.text.vocab_size)
     model = build_medst(cfg, tokenizer).to(device)
+    model.vision.group_bucket = cfg.train.group_bucket  # as in training (medst.train.loop)
     ratio = cfg.train.singles_per_batch / max(cfg.train.sequences_per_batch, 1)
     batch = synthetic_batch(cfg, sequences, round(sequences * ratio), model.text.tokenizer, device)
+    batch = batch.pad_laterals(cfg.train.group_bucket)
     opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=1e-5,
                             **({"fused": True} if device.type == "cuda" else {}))
-    forward = torch.compile(model) if cfg.train.compile else model
+    forward = (torch.compile(model, dynamic=False if cfg.train.group_bucket else None) if cfg.train.compile
+               else model)
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" and device.type == "cuda"
            else nullcontext())
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -166,6 +169,7 @@ def bench(cfg: Config, device: str = "auto", batch_sizes: list[int] | None = Non
     best = max(ok, key=lambda r: r["pairs_per_s"])
     result = {"profile": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "torch": torch.__version__, "precision": cfg.train.precision, "compile": cfg.train.compile,
+              "group_bucket": cfg.train.group_bucket,
               "threads": torch.get_num_threads(), **best, "tried": runs}
     if data_dir is not None:
         result.update(bench_loader(cfg, Path(data_dir)))

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 # Config keys that may differ between a checkpoint and the run resuming it.
-RESUMABLE_KEYS = {"name", "train.steps", "train.checkpoint_every", "train.log_every", "data.num_workers"}
+RESUMABLE_KEYS = {"name", "train.steps", "train.checkpoint_every", "train.log_every", "data.num_workers",
+                  "train.group_bucket"}  # padding the view groups changes no result
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -98,6 +98,7 @@ class TrainConfig:
     accumulation: int = 1
     precision: str = "fp32"              # "fp32" or "bf16" (autocast, GPU)
     compile: bool = False
+    group_bucket: int = 0                # > 0: pad MoVE's view groups to multiples of this (static shapes)
     checkpoint_every: int = 200
     log_every: int = 10
     seed: int = 0

@@ -90,24 +90,39 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and is_enabled()):
             return super().forward(x)
-        xf = x.float()
-        # Two passes (mean, then squared deviations) as BatchNorm does: E[x²] - E[x]² loses precision when
-        # the mean is large against the spread, as it is for a ViT's [CLS] features.
-        sums = _SumAcross.apply(torch.cat([xf.sum(0), xf.new_tensor([x.shape[0]])]))
-        count = sums[-1]
-        mean = sums[:-1] / count
-        var = _SumAcross.apply(((xf - mean) ** 2).sum(0)) / count
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked += 1
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                unbiased = var.detach() * count / (count - 1).clamp_min(1)
-                self.running_var.mul_(1 - m).add_(unbiased, alpha=m)
-        y = (xf - mean) * torch.rsqrt(var + self.eps)
-        if self.affine:
-            y = y * self.weight + self.bias
-        return y.to(x.dtype)
+        return batch_norm_rows(self, x)
+
+
+def batch_norm_rows(bn: nn.BatchNorm1d, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``bn`` on x [n, C] in training mode, with statistics over the rows where ``valid`` [n] is True (all rows
+    if None) and, for a :class:`GlobalBatchNorm1d` with several processes, over every process's rows.
+
+    The other rows are normalised with the same statistics and have no influence on them (nor receive any
+    gradient through them). Unlike selecting the valid rows first (``x[valid]``), the shapes do not depend on
+    the data, so the host never waits for the device. Running statistics are updated as BatchNorm does.
+    """
+    xf = x.float()
+    w = None if valid is None else valid.to(xf.dtype)[:, None]
+    across = _SumAcross.apply if isinstance(bn, GlobalBatchNorm1d) and is_enabled() else (lambda t: t)
+    # Two passes (mean, then squared deviations) as BatchNorm does: E[x²] - E[x]² loses precision when
+    # the mean is large against the spread, as it is for a ViT's [CLS] features.
+    count = xf.new_tensor([x.shape[0]]) if w is None else w.sum(0)
+    sums = across(torch.cat([(xf if w is None else xf * w).sum(0), count]))
+    count = sums[-1]
+    mean = sums[:-1] / count
+    dev = (xf - mean) ** 2
+    var = across((dev if w is None else dev * w).sum(0)) / count
+    if bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked += 1
+            m = bn.momentum if bn.momentum is not None else 1.0 / bn.num_batches_tracked
+            bn.running_mean.mul_(1 - m).add_(mean.detach() * m)
+            unbiased = var.detach() * count / (count - 1).clamp_min(1)
+            bn.running_var.mul_(1 - m).add_(unbiased * m)
+    y = (xf - mean) * torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        y = y * bn.weight + bn.bias
+    return y.to(x.dtype)
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:

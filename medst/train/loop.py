@@ -7,6 +7,14 @@ last good checkpoint. Several processes come from ``torchrun`` (DDP; NCCL on GPU
 whole sequences, the global loss sees every process's negatives, and the heads' BatchNorm statistics are
 taken over the global batch.
 
+The host never waits for the device between log steps: a step's loss, terms and gradient norm stay on the
+device, and :meth:`Trainer.flush` reads all pending steps at once at each log step and before each checkpoint.
+The non-finite guard is checked there, so a bad step is reported at the next log step (or checkpoint, which
+therefore never holds the weights of a non-finite step); the steps in between are lost anyway.
+``train.group_bucket`` pads MoVE's two view groups to a few fixed sizes (static shapes for ``torch.compile``;
+see :mod:`medst.models.vision`). On GPUs the optimiser is the fused AdamW, batches come from pinned memory with
+prefetching workers and move to the device without blocking.
+
 Run folder: ``config.json``, ``tokenizer/``, ``metrics.csv``, ``checkpoints/``, ``model.safetensors``.
 """
 from __future__ import annotations
@@ -97,12 +105,15 @@ class Trainer:
 
         seed_everything(cfg.train.seed)  # identical initial weights in every process
         model = build_medst(cfg, tokenizer)
+        model.vision.group_bucket = cfg.train.group_bucket  # the Collator pads the laterals alike
         if self.dist.enabled:
             distributed.convert_batchnorm(model)
         self.model = model.to(self.device)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None) if self.dist.enabled else self.model)
-        self.forward = torch.compile(self.ddp) if cfg.train.compile else self.ddp
+        # With group buckets every batch has one of a few shapes: compile each once, statically.
+        self.forward = (torch.compile(self.ddp, dynamic=False if cfg.train.group_bucket else None)
+                        if cfg.train.compile else self.ddp)
 
         t = cfg.train
         fused = self.device.type == "cuda"
@@ -110,6 +121,7 @@ class Trainer:
                                            **({"fused": True} if fused else {}))
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, int(t.warmup_ratio * t.steps), t.steps)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        self._flushed_at = time.perf_counter()  # when the metrics were last read (see flush)
 
         self.dataset, self.collate, self.batch_sampler = self._data()
         if resume:
@@ -131,7 +143,9 @@ class Trainer:
             raise ValueError(f"{self.data_dir}: the training split is too small for one batch of "
                              f"{c.train.sequences_per_batch} sequences and {c.train.singles_per_batch} singles "
                              f"per process")
-        return dataset, Collator(self.tokenizer, c.data.max_length, c.data.sequence_length), sampler
+        collate = Collator(self.tokenizer, c.data.max_length, c.data.sequence_length,
+                           lateral_bucket=c.train.group_bucket)
+        return dataset, collate, sampler
 
     def _loader(self) -> DataLoader:
         self.batch_sampler.set_epoch(self.epoch)
@@ -179,11 +193,15 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
-    def train_step(self, batches: Iterator) -> dict[str, float]:
-        """One optimiser step over ``accumulation`` micro-batches; returns the logged values."""
+    def train_step(self, batches: Iterator) -> dict[str, Any]:
+        """One optimiser step over ``accumulation`` micro-batches.
+
+        Nothing here waits for the device: the step's loss, terms and gradient norm stay on it, stacked in one
+        detached tensor, and the host moves on to the next step. Returns ``{"values": tensor, "names": [...],
+        "step", "epoch", "lr", "pairs"}``; :meth:`flush` reads the values of all pending steps at once.
+        """
         t = self.cfg.train
         self.model.train()
-        start = time.perf_counter()
         sums: dict[str, torch.Tensor] = {}
         pairs = 0
         for micro in range(t.accumulation):
@@ -192,10 +210,6 @@ class Trainer:
             sync = micro == t.accumulation - 1 or not self.dist.enabled
             with (nullcontext() if sync else self.ddp.no_sync()), self._autocast():
                 out = self.forward(batch)
-            if not torch.isfinite(out.loss):
-                raise NonFiniteLoss(f"step {self.step + 1}: the loss is {out.loss.item()} "
-                                    f"(terms: { {k: round(v.item(), 4) for k, v in out.terms.items()} }); "
-                                    f"stopping. The last good checkpoint is in {self.run_dir / 'checkpoints'}")
             (out.loss / t.accumulation).backward()
             for k, v in {"loss": out.loss.detach(), **out.terms}.items():
                 sums[k] = sums.get(k, 0) + v.float() / t.accumulation
@@ -204,13 +218,34 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        names = sorted(sums)
-        values = distributed.mean_across(torch.stack([sums[k] for k in names])).tolist()
-        seconds = time.perf_counter() - start
-        row = dict(zip(names, values), step=self.step, epoch=self.epoch, lr=self.scheduler.get_last_lr()[0],
-                   grad_norm=float(grad_norm), seconds=seconds,
-                   pairs_per_s=pairs * self.dist.world_size / max(seconds, 1e-9))
-        return row
+        names = sorted(sums) + ["grad_norm"]
+        values = torch.stack([sums[k] for k in names[:-1]] + [grad_norm.detach().float()])
+        return {"values": values, "names": names, "step": self.step, "epoch": self.epoch,
+                "lr": self.scheduler.get_last_lr()[0], "pairs": pairs * self.dist.world_size}
+
+    def flush(self, pending: list[dict[str, Any]]) -> list[dict[str, float]]:
+        """The metric rows of the pending steps: the one point where the host waits for the device.
+
+        Their values are averaged over processes and read at once; the time since the last flush is shared
+        out over the steps (``seconds``, ``pairs_per_s``). Raises :class:`NonFiniteLoss` naming the first step
+        whose loss is NaN or infinite (every process raises alike, as the values are averaged).
+        """
+        if not pending:
+            return []
+        values = distributed.mean_across(torch.stack([p["values"] for p in pending])).tolist()
+        now = time.perf_counter()
+        seconds = (now - self._flushed_at) / len(pending)
+        self._flushed_at = now
+        rows = []
+        for p, vals in zip(pending, values):
+            row = dict(zip(p["names"], vals), step=p["step"], epoch=p["epoch"], lr=p["lr"], seconds=seconds,
+                       pairs_per_s=p["pairs"] / max(seconds, 1e-9))
+            if not math.isfinite(row["loss"]):
+                terms = {k: round(v, 4) for k, v in row.items() if k in p["names"] and k not in ("loss", "grad_norm")}
+                raise NonFiniteLoss(f"step {row['step']}: the loss is {row['loss']} (terms: {terms}); stopping. "
+                                    f"The last good checkpoint is in {self.run_dir / 'checkpoints'}")
+            rows.append(row)
+        return rows
 
     def fit(self) -> list[dict[str, float]]:
         """Train until ``train.steps``; write metrics, checkpoints and the final weights. Returns the metric rows."""
@@ -230,12 +265,22 @@ class Trainer:
         board = _tensorboard(self.run_dir) if self.dist.is_main else None
         batches = self.batches()
         bar = tqdm(total=t.steps, initial=self.step, desc="pretrain", disable=not self.progress, dynamic_ncols=True)
+        pending: list[dict[str, Any]] = []
+        self._flushed_at = time.perf_counter()
         try:
             while self.step < t.steps:
-                row = self.train_step(batches)
-                rows.append(row)
+                pending.append(self.train_step(batches))
                 bar.update(1)
-                if self.step % t.log_every == 0 or self.step == t.steps:
+                log = self.step % t.log_every == 0 or self.step == t.steps
+                checkpoint = self.step % t.checkpoint_every == 0 or self.step == t.steps
+                if not (log or checkpoint):
+                    continue
+                # Values are read only here (and before a checkpoint, so that a non-finite loss never reaches
+                # one): between log steps the host queues steps without waiting for the device.
+                flushed, pending = self.flush(pending), []
+                rows.extend(flushed)
+                if log:
+                    row = flushed[-1]
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{row['lr']:.2e}")
                     if writer is not None:
                         writer.writerow(row)
@@ -244,7 +289,7 @@ class Trainer:
                         for k, v in row.items():
                             if k not in ("step", "epoch"):
                                 board.add_scalar(f"train/{k}", v, self.step)
-                if self.step % t.checkpoint_every == 0 or self.step == t.steps:
+                if checkpoint:
                     self.save()
         finally:
             bar.close()
