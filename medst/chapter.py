@@ -72,7 +72,7 @@ def _finished_run(run: Path, cfg: Config) -> bool:
 
 def _clear_run(run: Path) -> None:
     """Remove what a previous, different run left in ``run`` (weights, metrics, checkpoints)."""
-    for stale in ("model.safetensors", "metrics.csv", "checkpoints", "tensorboard"):
+    for stale in ("model.safetensors", "metrics.csv", "checkpoints", "tensorboard", "MANIFEST.json"):
         path = run / stale
         if path.is_dir():
             shutil.rmtree(path)
@@ -153,13 +153,36 @@ class Chapter:
                     progress=progress).fit()
         return run
 
-    def book_model(self, progress: bool = True) -> Path:
+    def book_model(self, progress: bool = True, retrain: bool = False) -> Path:
         """The book model: the profile's full Med-ST run in ``data_dir/runs/book-{profile}``.
 
-        Chapter 7 trains it; chapters 5, 6, 8 and 9 load it, and train it themselves only when it is missing
-        (or was trained with another configuration). See :meth:`variant_run`.
+        Chapter 7 introduces it; chapters 5, 6, 8 and 9 load it. When the run folder does not hold it yet, the
+        model committed with the repository for this profile (:mod:`medst.train.shipped`) is copied in after its
+        sha256 checks, provided it was trained with exactly this configuration on the same reports (the same
+        tokenizer); otherwise, or with ``retrain=True``, it is trained here (:meth:`variant_run`).
         """
+        from medst.train.shipped import install, shipped_model
+
+        run = self.run_dir("book")
+        if retrain:
+            _clear_run(run)
+        elif not _finished_run(run, self.cfg):
+            shipped = shipped_model(self.profile)
+            if shipped is not None and _finished_run(shipped, self.cfg):
+                if self._same_tokenizer(shipped / "tokenizer"):
+                    _clear_run(run)
+                    install(shipped, run)
+                    print(f"book model: the committed run {shipped.name} (sha256 checked), "
+                          "not trained here; book_model(retrain=True) trains it")
+                else:
+                    print(f"book model: {shipped} was trained on other reports (its tokenizer differs); "
+                          "training it here")
         return self.variant_run("book", progress=progress)
+
+    def _same_tokenizer(self, folder: Path) -> bool:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder)).get_vocab() == self.build_tokenizer().get_vocab()
 
     # -- text and loaders ---------------------------------------------------------------------------
     def build_tokenizer(self):

@@ -54,3 +54,57 @@ def test_chapter_7_executes_before_the_chapters_that_load_its_model():
                                                 ("04_move", "05_local_alignment", "06_temporal", "08_evaluation",
                                                  "09_ablations"))
     assert sorted(order) == sorted(n.stem for n in chapters())
+
+
+def _ship(ctx, tmp_path, monkeypatch):
+    """Train the 2-step book model elsewhere and commit it as the profile's shipped model."""
+    from medst.train import shipped
+
+    trained = ctx.variant_run("elsewhere", progress=False)
+    root = tmp_path / "models"
+    manifest = shipped.package(trained, root / "book-ci", command="medst pretrain --profile ci ...")
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", root)
+    return root / "book-ci", manifest
+
+
+def test_shipped_book_model_is_installed_not_trained(ctx, tmp_path, monkeypatch):
+    folder, manifest = _ship(ctx, tmp_path, monkeypatch)
+    assert {"model.safetensors", "config.json", "metrics.csv", "tokenizer/tokenizer.json",
+            "checkpoints/latest"} <= set(manifest["sha256"])
+
+    def refuse(self):
+        raise AssertionError("trained although a committed book model matches")
+
+    monkeypatch.setattr(loop.Trainer, "fit", refuse)
+    run = ctx.book_model(progress=False)
+    assert (run / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    from medst.train.checkpoint import latest_checkpoint
+    assert latest_checkpoint(run) is not None                 # chapter 7 resumes a copy of it
+
+
+def test_changed_shipped_model_is_refused_with_the_file_named(ctx, tmp_path, monkeypatch):
+    from medst.train.shipped import ShippedModelError
+
+    folder, _ = _ship(ctx, tmp_path, monkeypatch)
+    with open(folder / "model.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ShippedModelError, match="model.safetensors"):
+        ctx.book_model(progress=False)
+
+
+def test_shipped_model_of_another_configuration_or_retrain_trains(ctx, tmp_path, monkeypatch):
+    folder, _ = _ship(ctx, tmp_path, monkeypatch)
+    calls = []
+    real_fit = loop.Trainer.fit
+
+    def counting_fit(self):
+        calls.append(self.cfg.train.steps)
+        return real_fit(self)
+
+    monkeypatch.setattr(loop.Trainer, "fit", counting_fit)
+    ctx.book_model(progress=False, retrain=True)
+    assert calls == [2]
+    ctx.cfg = ctx.cfg.override("train.steps=3")
+    ctx.book_model(progress=False)
+    assert calls == [2, 3]
