@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+from train_helpers import count_fits
 
 import medst.chapter
 from medst.book import execution_order, chapters
@@ -33,14 +34,7 @@ def test_book_model_is_loaded_not_retrained(ctx, monkeypatch):
 
 def test_book_model_of_another_configuration_is_retrained(ctx, monkeypatch):
     run = ctx.book_model(progress=False)
-    calls = []
-    real_fit = loop.Trainer.fit
-
-    def counting_fit(self):
-        calls.append(self.cfg.train.steps)
-        return real_fit(self)
-
-    monkeypatch.setattr(loop.Trainer, "fit", counting_fit)
+    calls = count_fits(monkeypatch)
     ctx.cfg = ctx.cfg.override("train.steps=3")
     assert ctx.book_model(progress=False) == run
     assert calls == [3]
@@ -95,14 +89,7 @@ def test_changed_shipped_model_is_refused_with_the_file_named(ctx, tmp_path, mon
 
 def test_shipped_model_of_another_configuration_or_retrain_trains(ctx, tmp_path, monkeypatch):
     folder, _ = _ship(ctx, tmp_path, monkeypatch)
-    calls = []
-    real_fit = loop.Trainer.fit
-
-    def counting_fit(self):
-        calls.append(self.cfg.train.steps)
-        return real_fit(self)
-
-    monkeypatch.setattr(loop.Trainer, "fit", counting_fit)
+    calls = count_fits(monkeypatch)
     ctx.book_model(progress=False, retrain=True)
     assert calls == [2]
     ctx.cfg = ctx.cfg.override("train.steps=3")

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 import pytest
+from train_helpers import poison_loss_at
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -154,15 +155,7 @@ def test_a_non_finite_loss_between_log_steps_stops_at_the_next_flush(prepared_di
     # log every 5 steps, checkpoint every 2: the NaN of step 3 is found before step 4's checkpoint is written
     run = tmp_path / "run"
     trainer = _trainer(prepared_dir, run, "train.log_every=5", "train.checkpoint_every=2")
-    real_forward = trainer.forward
-
-    def poisoned(batch):
-        out = real_forward(batch)
-        if trainer.step == 2:
-            out.loss = out.loss * float("nan")
-        return out
-
-    trainer.forward = poisoned
+    poison_loss_at(trainer, 2)
     with pytest.raises(NonFiniteLoss, match="step 3: the loss is nan"):
         trainer.fit()
     assert trainer.step == 4

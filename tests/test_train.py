@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from train_helpers import poison_loss_at
 import torch
 from safetensors.torch import load_file
 
@@ -137,15 +138,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(prepared_dir, tmp_
     run = tmp_path / "run"
     trainer = Trainer(load_profile("ci", ["train.steps=6", "train.checkpoint_every=2"]), prepared_dir, run,
                       device="cpu", progress=False)
-    real_forward = trainer.forward
-
-    def poisoned(batch):
-        out = real_forward(batch)
-        if trainer.step == 3:
-            out.loss = out.loss * float("nan")
-        return out
-
-    trainer.forward = poisoned
+    poison_loss_at(trainer, 3)
     with pytest.raises(NonFiniteLoss, match="step 4: the loss is nan"):
         trainer.fit()
     assert latest_checkpoint(run).name == "step_0000002.pt"
