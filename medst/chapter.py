@@ -67,7 +67,11 @@ def _finished_run(run: Path, cfg: Config) -> bool:
     config = run / "config.json"
     if not ((run / "model.safetensors").exists() and config.exists()):
         return False
-    return json.loads(config.read_text()) == json.loads(cfg.to_json())
+    try:  # through Config, so that keys added since the run was written count as their defaults
+        saved = Config.from_dict(json.loads(config.read_text()))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return json.loads(saved.to_json()) == json.loads(cfg.to_json())
 
 
 def _clear_run(run: Path) -> None:

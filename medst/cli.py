@@ -1,4 +1,4 @@
-"""The ``medst`` command line: ``synth``, ``prepare``, ``pretrain``, ``evaluate``, ``bench``.
+"""The ``medst`` command line: ``synth``, ``prepare``, ``pretrain``, ``evaluate``, ``bench``, ``convert``.
 
 Each subcommand is a thin layer over a library function, so everything the command line does can also be
 done from a notebook.
@@ -46,9 +46,15 @@ def _bench(args: argparse.Namespace) -> None:
     bench_main(args)
 
 
+def _convert(args: argparse.Namespace) -> None:
+    from medst.convert import convert_main
+
+    convert_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medst", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{synth,prepare,pretrain,evaluate,bench}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{synth,prepare,pretrain,evaluate,bench,convert}")
 
     p = sub.add_parser("synth", help="write the phantom data set in the real data sets' formats",
                        description="Generate synthetic longitudinal frontal/lateral studies with reports, written "
@@ -117,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("convert", help="turn a released Med-ST or MGCA checkpoint into a medst run folder",
+                       description="Read a released PyTorch Lightning checkpoint (safely: weights_only, no pickled "
+                                   "code runs) and write model.safetensors, config.json and tokenizer/ for "
+                                   "`medst evaluate` and load_run. Unused published parameters are listed as "
+                                   "dropped; any other unknown or missing key is an error.")
+    p.add_argument("--from", dest="source", required=True, choices=["medst-official", "mgca"],
+                   help="which release the checkpoint is")
+    p.add_argument("checkpoint", type=Path, help="the released .ckpt file")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--tokenizer", type=Path, default=None,
+                   help="local tokenizer folder with the release's vocabulary (Bio_ClinicalBERT); without it the "
+                        "config names emilyalsentzer/Bio_ClinicalBERT and load_run reads it from the hub")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="change the inferred config, e.g. --set model.text.num_heads=12 (repeatable)")
+    p.set_defaults(func=_convert)
     return parser
 
 

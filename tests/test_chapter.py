@@ -95,3 +95,22 @@ def test_shipped_model_of_another_configuration_or_retrain_trains(ctx, tmp_path,
     ctx.cfg = ctx.cfg.override("train.steps=3")
     ctx.book_model(progress=False)
     assert calls == [2, 3]
+
+
+def test_run_written_before_a_config_key_existed_is_still_loaded(ctx, monkeypatch):
+    import json
+
+    run = ctx.book_model(progress=False)
+    saved = json.loads((run / "config.json").read_text())
+    del saved["model"]["text"]["position_ids"]        # as a run written before the key was added
+    (run / "config.json").write_text(json.dumps(saved))
+
+    def refuse(self):
+        raise AssertionError("retrained a run whose config only lacks a key at its default")
+
+    monkeypatch.setattr(loop.Trainer, "fit", refuse)
+    assert ctx.book_model(progress=False) == run
+    saved["model"]["text"]["position_ids"] = "zeros"   # a real difference still counts
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(AssertionError, match="retrained"):
+        ctx.book_model(progress=False)

@@ -132,7 +132,7 @@ def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.dev
     cfg.model.vision.checkpoint = None
     tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
     seed_everything(seed)
-    model = build_medst(cfg, tokenizer)
+    model = build_medst(cfg, tokenizer, load_init=False)  # nothing pre-trained: not even model.*.init_from
     _randomise_text_tower(model)
     return EvalModel(model.to(dev).eval(), tokenizer, cfg, dev, "random", str(run))
 

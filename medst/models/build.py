@@ -11,6 +11,11 @@ Text towers (``model.text.kind``):
 
 The global report feature (``model.text.pool``, see :func:`text_pool`): the [CLS] output for ``hf`` towers, as
 in the paper; the mean over the report's tokens for MiniLM and for towers trained from scratch.
+
+Starting from a released model (``model.vision.init_from``, ``model.text.init_from``: an MGCA or Med-ST ``.ckpt``
+or a run folder written by ``medst convert``): the ViT, the BERT and their projection heads start from its weights
+(:mod:`medst.convert`); the text tower is then a BERT of the checkpoint's sizes, whatever ``model.text.kind`` says.
+``load_init=False`` builds the same architecture without reading those files (a run's own weights replace them).
 """
 from __future__ import annotations
 
@@ -55,13 +60,14 @@ def build_tokenizer(cfg: Config, prepared_dir: str | os.PathLike, cache_dir: str
     """
     from transformers import AutoTokenizer
 
-    from medst.models.text import minilm_path, train_wordpiece_tokenizer
+    from medst.models.text import load_tokenizer, minilm_path, train_wordpiece_tokenizer
 
     source = text_source(cfg)
+    lowercase = cfg.model.text.lowercase
     if source == "hf":
-        return AutoTokenizer.from_pretrained(cfg.model.text.name)
+        return load_tokenizer(cfg.model.text.name, lowercase=lowercase)
     if source == "minilm":
-        return AutoTokenizer.from_pretrained(minilm_path())
+        return load_tokenizer(minilm_path(), lowercase=lowercase)
     vocab = cfg.model.text.vocab_size
     cache_dir = Path(cache_dir) if cache_dir is not None else Path(prepared_dir) / f"tokenizer-wordpiece-{vocab}"
     if (cache_dir / "tokenizer.json").exists():
@@ -83,21 +89,30 @@ def text_pool(cfg: Config, source: str | None = None) -> str:
     return "cls" if (source or text_source(cfg)) == "hf" else "mean"
 
 
-def build_text_encoder(cfg: Config, tokenizer):
-    """The profile's text tower around ``tokenizer`` (see the module docstring)."""
+def build_text_encoder(cfg: Config, tokenizer, load_init: bool = True):
+    """The profile's text tower around ``tokenizer`` (see the module docstring); ``model.text.position_ids`` says
+    which position ids it is run with. ``load_init=False``: ``model.text.init_from`` is not read."""
     from medst.models.text import TextEncoder, minilm_path
 
     t = cfg.model.text
-    source = text_source(cfg)
-    pool = text_pool(cfg, source)
+    if t.init_from and load_init:
+        from medst.convert import init_text_encoder
+
+        encoder = init_text_encoder(cfg, tokenizer)
+        set_dropout(encoder, t.dropout)
+        return encoder
+    source = "tiny" if t.init_from else text_source(cfg)  # a tower started from a release is built from its sizes
+    pool = ("cls" if t.pool == "auto" else t.pool) if t.init_from else text_pool(cfg, source)
     if source == "hf":
-        encoder = TextEncoder.from_pretrained(t.name, pool=pool)
+        encoder = TextEncoder.from_pretrained(t.name, pool=pool, position_ids=t.position_ids, lowercase=t.lowercase)
     elif source == "minilm":
-        encoder = TextEncoder.from_pretrained(minilm_path(), pool=pool)
+        encoder = TextEncoder.from_pretrained(minilm_path(), pool=pool, position_ids=t.position_ids,
+                                              lowercase=t.lowercase)
     else:
         encoder = TextEncoder.from_config(tokenizer, hidden_size=t.hidden_size, num_layers=t.num_layers,
                                           num_heads=t.num_heads, intermediate_size=t.intermediate_size,
-                                          max_position_embeddings=max(cfg.data.max_length, 128), pool=pool)
+                                          max_position_embeddings=t.max_positions or max(cfg.data.max_length, 128),
+                                          pool=pool, position_ids=t.position_ids)
     set_dropout(encoder, t.dropout)
     return encoder
 
@@ -118,12 +133,18 @@ def set_dropout(module, p: float) -> None:
             m.dropout_prob = p
 
 
-def build_vision(cfg: Config):
+def build_vision(cfg: Config, load_init: bool = True):
     """The profile's MoVE image tower (METHOD §3) on a timm ViT; ``model.vision.experts=shared`` builds the
-    chapter-4 ablation baseline (both views, one shared feed-forward, no lateral experts)."""
+    chapter-4 ablation baseline (both views, one shared feed-forward, no lateral experts). With
+    ``model.vision.init_from`` (and ``load_init``) the ViT starts from that checkpoint (:func:`medst.convert.init_vision`)."""
     from medst.models.vision import create_move
 
     v = cfg.model.vision
-    pretrained = v.pretrained and os.environ.get("HF_HUB_OFFLINE") != "1" and v.checkpoint is None
+    if v.init_from and load_init:
+        from medst.convert import init_vision
+
+        return init_vision(cfg)
+    pretrained = (v.pretrained and os.environ.get("HF_HUB_OFFLINE") != "1" and v.checkpoint is None
+                  and not v.init_from)
     return create_move(v.name, pretrained=pretrained, checkpoint_path=v.checkpoint,
                        lateral_init=v.lateral_init, experts=v.experts, **v.kwargs)

@@ -163,34 +163,55 @@ class MedST(nn.Module):
         return out
 
 
-def build_medst(cfg: Config, tokenizer) -> MedST:
-    """The model a profile describes, around ``tokenizer`` (see :mod:`medst.models.build`)."""
+def build_medst(cfg: Config, tokenizer, load_init: bool = True) -> MedST:
+    """The model a profile describes, around ``tokenizer`` (see :mod:`medst.models.build`).
+
+    ``model.vision.init_from`` / ``model.text.init_from`` start the towers and their heads from a released
+    checkpoint (:mod:`medst.convert`); ``load_init=False`` builds the same architecture without reading them, for a
+    caller that loads a run's own weights next."""
     from medst.models.build import build_text_encoder, build_vision
 
-    return MedST(build_vision(cfg), build_text_encoder(cfg, tokenizer), embed_dim=cfg.model.embed_dim,
-                 head_hidden=cfg.model.head_hidden, loss=cfg.loss)
+    model = MedST(build_vision(cfg, load_init), build_text_encoder(cfg, tokenizer, load_init),
+                  embed_dim=cfg.model.embed_dim, head_hidden=cfg.model.head_hidden, loss=cfg.loss)
+    if load_init and (cfg.model.vision.init_from or cfg.model.text.init_from):
+        from medst.convert import init_heads
+
+        init_heads(model, cfg)
+    return model
 
 
 def load_run(run_dir, device: str | torch.device = "cpu") -> tuple[MedST, object, Config]:
     """Load a pre-trained run folder (``config.json``, ``tokenizer/``, ``model.safetensors``) for inference.
 
     Returns ``(model in eval mode, tokenizer, config)``. Nothing pickled is executed: weights are safetensors.
+    A run folder without ``tokenizer/`` (``medst convert`` without ``--tokenizer``) reads its tokenizer from
+    ``model.text.name`` (hub name or local folder) with the lower-casing of ``model.text.lowercase``.
     """
     import json
     from pathlib import Path
 
     from transformers import AutoTokenizer
 
+    from medst.models.text import load_tokenizer
     from medst.train.checkpoint import load_weights
 
     run_dir = Path(run_dir)
-    missing = [n for n in ("config.json", "tokenizer", "model.safetensors") if not (run_dir / n).exists()]
+    missing = [n for n in ("config.json", "model.safetensors") if not (run_dir / n).exists()]
     if missing:
         raise FileNotFoundError(f"{run_dir} is not a finished run folder (missing {', '.join(missing)}); "
                                 "train one with `medst pretrain`")
     cfg = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
     cfg.model.vision.pretrained = False  # the run's weights replace any initialisation
-    tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
-    model = build_medst(cfg, tokenizer)
+    if (run_dir / "tokenizer").exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir / "tokenizer"))
+    else:
+        try:
+            tokenizer = load_tokenizer(cfg.model.text.name, lowercase=cfg.model.text.lowercase)
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(
+                f"{run_dir} has no tokenizer/ folder and its tokenizer {cfg.model.text.name!r} (model.text.name) "
+                f"cannot be loaded ({type(err).__name__}; offline?): put the tokenizer in {run_dir / 'tokenizer'} "
+                "(for a converted release: medst convert --tokenizer DIR)") from err
+    model = build_medst(cfg, tokenizer, load_init=False)
     load_weights(model, run_dir / "model.safetensors")
     return model.to(device).eval(), tokenizer, cfg

@@ -21,6 +21,9 @@ import torch.nn as nn
 
 DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# "real": position ids 0, 1, 2, ... (a BERT's own default); "zeros": every position id 0, which is how the released
+# Med-ST and MGCA text towers were trained and must be run (see medst/convert.py)
+POSITION_IDS = ("real", "zeros")
 
 
 @dataclass
@@ -119,6 +122,9 @@ class TextEncoder(nn.Module):
     (used as the model ships it). Arguments are passed to the model by keyword, so
     positions are never confused with token types (METHOD §9).
 
+    `position_ids`: "real" (0, 1, 2, ..., the BERT default) or "zeros" (every position id 0: the released Med-ST
+    and MGCA text towers were trained so, see :mod:`medst.convert`; run them that way to reproduce them).
+
     `pool` picks the global report feature: "cls" (the paper: the [CLS] output of a pre-trained clinical BERT)
     or "mean" (the mean of the outputs over the tokens `attention_mask` keeps). A BERT trained from scratch
     starts with a [CLS] output that hardly depends on the input (initial weights of std 0.02 leave the
@@ -127,13 +133,16 @@ class TextEncoder(nn.Module):
     (all-MiniLM-L6-v2) was itself trained as a mean-pooled sentence encoder.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, pool: str = "cls") -> None:
+    def __init__(self, model: nn.Module, tokenizer, pool: str = "cls", position_ids: str = "real") -> None:
         super().__init__()
         if pool not in ("cls", "mean"):
             raise ValueError(f"medst/models/text.py: pool must be 'cls' or 'mean', not {pool!r}")
+        if position_ids not in POSITION_IDS:
+            raise ValueError(f"medst/models/text.py: position_ids must be 'real' or 'zeros', not {position_ids!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.pool = pool
+        self.position_ids = position_ids
         if tokenizer.sep_token_id is None or tokenizer.cls_token_id is None:
             raise ValueError("medst/models/text.py: the tokenizer has no [CLS]/[SEP] token; a BERT WordPiece tokenizer is required")
         size = getattr(model.config, "vocab_size", 0)
@@ -146,7 +155,8 @@ class TextEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextOutput:
         """input_ids, attention_mask: [B, T] -> TextOutput(report [B,D], words [B,T-1,D], word_mask [B,T-1])."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, D]
+        extra = {"position_ids": torch.zeros_like(input_ids)} if self.position_ids == "zeros" else {}
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state  # [B,T,D]
         words, word_mask = merge_word_pieces(hidden, input_ids, self.continuation, self.sep_token_id, attention_mask)
         if self.pool == "cls":
             report = hidden[:, 0]
@@ -164,15 +174,17 @@ class TextEncoder(nn.Module):
         ]
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = DEFAULT_TEXT_MODEL, pool: str = "cls",
-                        **model_kwargs) -> "TextEncoder":
-        """Load tokenizer and encoder by hub name (online) or from a local directory (offline)."""
-        from transformers import AutoModel, AutoTokenizer
+    def from_pretrained(cls, name_or_path: str = DEFAULT_TEXT_MODEL, pool: str = "cls", position_ids: str = "real",
+                        lowercase: Optional[bool] = None, **model_kwargs) -> "TextEncoder":
+        """Load tokenizer and encoder by hub name (online) or from a local directory (offline).
+
+        ``lowercase``: force the tokenizer's lower-casing on or off (None: as it ships)."""
+        from transformers import AutoModel
 
         name_or_path = str(name_or_path)
         local = os.path.isdir(name_or_path)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)
+            tokenizer = load_tokenizer(name_or_path, lowercase=lowercase)
             with _quiet_transformers():
                 model = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, local_files_only=local, **model_kwargs)
         except OSError as err:
@@ -180,7 +192,7 @@ class TextEncoder(nn.Module):
                 f"medst/models/text.py: cannot load text model '{name_or_path}' "
                 "(not a local directory with config/tokenizer files, and the hub is unreachable?)"
             ) from err
-        return cls(model, tokenizer, pool=pool)
+        return cls(model, tokenizer, pool=pool, position_ids=position_ids)
 
     @classmethod
     def from_config(
@@ -192,6 +204,7 @@ class TextEncoder(nn.Module):
         intermediate_size: int,
         max_position_embeddings: int = 128,
         pool: str = "cls",
+        position_ids: str = "real",
     ) -> "TextEncoder":
         """A randomly initialised BertModel sized for `tokenizer`'s vocabulary."""
         from transformers import BertConfig, BertModel
@@ -205,13 +218,38 @@ class TextEncoder(nn.Module):
             max_position_embeddings=max_position_embeddings,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         )
-        return cls(BertModel(config, add_pooling_layer=False), tokenizer, pool=pool)
+        return cls(BertModel(config, add_pooling_layer=False), tokenizer, pool=pool, position_ids=position_ids)
 
     def save_pretrained(self, directory: str) -> None:
         """Write model weights, config and tokenizer so `from_pretrained(directory)` reloads them."""
         os.makedirs(directory, exist_ok=True)
         self.model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
+
+
+def load_tokenizer(name_or_path: str, lowercase: Optional[bool] = None):
+    """A tokenizer by hub name or from a local folder, with its lower-casing forced on or off when ``lowercase`` is
+    not None.
+
+    A folder holding only a BERT ``vocab.txt`` (as some model releases ship it, e.g. a local copy of
+    Bio_ClinicalBERT) is read as a WordPiece vocabulary; such a tokenizer lower-cases unless told otherwise, which
+    is what ``transformers`` does for a hub model without a tokenizer config.
+    """
+    from transformers import AutoTokenizer
+
+    name_or_path = str(name_or_path)
+    local = os.path.isdir(name_or_path)
+    kwargs = {} if lowercase is None else {"do_lower_case": bool(lowercase)}
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=local, **kwargs)
+    except (OSError, ValueError):
+        vocab = os.path.join(name_or_path, "vocab.txt")
+        if not (local and os.path.isfile(vocab)):
+            raise
+    from transformers import BertTokenizerFast
+
+    # positional: the vocabulary argument is `vocab_file` in transformers 4 and `vocab` in 5
+    return BertTokenizerFast(vocab, do_lower_case=True if lowercase is None else bool(lowercase))
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, lowercase: bool = True):

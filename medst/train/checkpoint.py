@@ -68,8 +68,14 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys whose values differ between two config dicts (ignoring :data:`RESUMABLE_KEYS`)."""
+    """Keys whose values differ between two config dicts (ignoring :data:`RESUMABLE_KEYS`).
+
+    A key the saved config lacks (written before the key existed) counts as its default value."""
+    from medst.train.config import Config
+
+    defaults = flatten(Config().to_dict())
     a, b = flatten(saved), flatten(current)
+    a.update({k: defaults[k] for k in set(defaults) - set(a)})
     return [f"{k}: checkpoint has {a.get(k)!r}, this run has {b.get(k)!r}"
             for k in sorted(set(a) | set(b)) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
 

@@ -46,6 +46,8 @@ class VisionConfig:
     experts: str = "move"                # "move" (published: frontal + lateral FFN experts) or "shared"
                                          # (both views through one shared FFN: the ablation baseline, chapter 4)
     kwargs: dict[str, Any] = field(default_factory=dict)  # timm overrides: img_size, patch_size, depth, ...
+    init_from: str | None = None         # MGCA / Med-ST checkpoint (.ckpt or converted run folder): start the ViT and
+                                         # the image heads from it; lateral experts as lateral_init (medst/convert.py)
 
 
 @dataclass
@@ -59,6 +61,12 @@ class TextConfig:
     intermediate_size: int = 3072
     dropout: float = 0.1                 # dropout inside the text tower
     pool: str = "auto"                   # global report feature: "cls" (paper), "mean", or "auto" (cls for "hf" only)
+    position_ids: str = "real"           # "real" (0, 1, 2, ...) or "zeros": every position id 0, as the released
+                                         # Med-ST and MGCA text towers were trained (medst/convert.py)
+    lowercase: bool | None = None        # tokenizer lower-casing; None: as the tokenizer ships
+    max_positions: int | None = None     # BERT position table of a tower built from sizes; None: max(max_length, 128)
+    init_from: str | None = None         # MGCA / Med-ST checkpoint (.ckpt or converted run folder): a BERT of its
+                                         # sizes, started from its weights, with its text heads
 
 
 @dataclass
