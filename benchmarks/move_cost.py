@@ -1,4 +1,4 @@
-"""Cost of missing laterals in MoVE (METHOD §3.4): skip them (medst) vs feed zero images.
+"""Cost of missing laterals in MoVE (Method §3.4): skip them (medst) vs feed zero images.
 
 A batch in which half the studies lack a lateral is run forward + backward twice:
   skip: medst's MoVE; studies without a lateral run with 1 + N tokens only;

@@ -13,7 +13,7 @@ run $PY benchmarks/word_merge.py --reports 64 --tokens 112
 run $PY benchmarks/move_cost.py
 run $PY benchmarks/temporal_loss.py
 run $PY benchmarks/loader_speed.py --patients 120
-# One training step at the shapes of METHOD §9 (ViT-B/16 at 224 + a 6-layer BERT-base, 8 and 16 pairs, fp32).
+# One training step at the shapes of Method §9 (ViT-B/16 at 224 + a 6-layer BERT-base, 8 and 16 pairs, fp32).
 run $PY -m medst.cli bench --profile gpu --json --batch-sizes 2,4 --steps 3 --device cpu \
     --set model.text.kind=tiny --set model.text.num_layers=6 --set model.vision.pretrained=false \
     --set train.precision=fp32 --set train.compile=false --set train.singles_per_batch=0

@@ -1,4 +1,4 @@
-"""Word-piece merge: tensor ops (medst) vs a per-token Python loop (METHOD §2).
+"""Word-piece merge: tensor ops (medst) vs a per-token Python loop (Method §2).
 
 `loop_ms` is a per-token loop written the usual way (id -> token string, "##" test,
 stack + sum per word, zero padding per report); `lean_loop_ms` is a leaner loop that

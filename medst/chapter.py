@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medst.train.config import Config, load_profile
+from medst.config import Config, load_profile
+from medst.utils import resolve_device, seed_everything  # noqa: F401  (re-exported for the chapters)
 
 STAMP = ".medst-complete.json"
 
@@ -33,24 +34,6 @@ STAMP = ".medst-complete.json"
 def in_colab() -> bool:
     """True when running inside Google Colab (the chapters' install cell runs only there)."""
     return "google.colab" in sys.modules
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, then Apple's MPS, else the CPU."""
-    if str(device) != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _stamped(folder: Path, args: dict[str, Any]) -> bool:

@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="index a MIMIC-CXR-JPG root (real or phantom) for pre-training",
                        description="Report text, frontal/lateral pairing, time-ordered sequences and splits "
-                                   "(METHOD §1), with a summary of what was kept and what was skipped and why.")
+                                   "(Method §1), with a summary of what was kept and what was skipped and why.")
     p.add_argument("--mimic-root", type=Path, required=True, help="folder with files/ and the metadata/split CSVs")
     p.add_argument("--out", type=Path, required=True, help="output folder for the index and cache")
     p.add_argument("--reports", type=Path, default=None,

@@ -63,7 +63,7 @@ from typing import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from medst.train.config import Config
+from medst.config import Config
 
 SOURCES = ("medst-official", "mgca")
 BIO_CLINICAL_BERT = "emilyalsentzer/Bio_ClinicalBERT"

@@ -277,7 +277,7 @@ def _unit(*shape: int, seed: int) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Chapter 2: word merge (METHOD §2)
+# Chapter 2: word merge (Method §2)
 # ----------------------------------------------------------------------------------------------------
 # A toy WordPiece vocabulary: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], 4 [MASK], 5-17 word starts, 18-29 "##" pieces.
 _PAD, _CLS, _SEP, _VOCAB = 0, 2, 3, 30
@@ -384,7 +384,7 @@ def check_word_merge(fn: Callable) -> CheckResult:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Chapter 3: global alignment (METHOD §4)
+# Chapter 3: global alignment (Method §4)
 # ----------------------------------------------------------------------------------------------------
 def _global_cases() -> list[Case]:
     cases = []
@@ -430,7 +430,7 @@ def check_global_loss(fn: Callable) -> CheckResult:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Chapter 4: MoVE block (METHOD §3)
+# Chapter 4: MoVE block (Method §3)
 # ----------------------------------------------------------------------------------------------------
 def _tiny_move(seed: int, dim: int = 16):
     """A 2-block MoVE around a tiny timm ViT with layer scale; every weight jittered so that norms, layer
@@ -507,7 +507,7 @@ def check_move_block(fn: Callable) -> CheckResult:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Chapter 5: word side of the local alignment (METHOD §5)
+# Chapter 5: word side of the local alignment (Method §5)
 # ----------------------------------------------------------------------------------------------------
 def _local_cases() -> list[Case]:
     cases = []
@@ -567,7 +567,7 @@ def check_local_word_side(fn: Callable) -> CheckResult:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Chapter 6: FMC and RMR (METHOD §6)
+# Chapter 6: FMC and RMR (Method §6)
 # ----------------------------------------------------------------------------------------------------
 def _sequence_case(seed: int, seqs: int, steps: int, dim: int, scale: float, close: bool,
                    **kwargs: float) -> Case:
@@ -721,7 +721,7 @@ _MERGE_HEADER = '''
 
 
     def merge_words(hidden, input_ids, continuation, sep_token_id, attention_mask=None):
-        """Sum the word-piece vectors of each word (METHOD §2).
+        """Sum the word-piece vectors of each word (Method §2).
 
         hidden [B, T, D], input_ids [B, T], continuation [V] bool (token id -> is a "##" piece),
         attention_mask [B, T] or None  ->  words [B, T-1, D] (empty slots zero), word_mask [B, T-1] bool.
@@ -748,7 +748,7 @@ _GLOBAL_HEADER = '''
 
 
     def global_loss(img, txt, temperature=0.07):
-        """Symmetric image-report InfoNCE (METHOD §4): img, txt [B, d] (L2-normalised) -> scalar."""
+        """Symmetric image-report InfoNCE (Method §4): img, txt [B, d] (L2-normalised) -> scalar."""
 '''
 _GLOBAL_BODY = '''
         logits = img @ txt.T / temperature  # [B, B]: s_ij = <v_i, t_j> / τ
@@ -761,7 +761,7 @@ _MOVE_HEADER = '''
 
 
     def move_block(block, lateral_expert, x, n_frontal):
-        """One Mixture-of-View-Experts block (METHOD §3).
+        """One Mixture-of-View-Experts block (Method §3).
 
         block: a timm ViT Block (norm1, attn, ls1, drop_path1, norm2, mlp, ls2, drop_path2);
         lateral_expert: x_lateral [B, S_l, D] -> [B, S_l, D] (its own norm + MLP + layer scale);
@@ -782,7 +782,7 @@ _LOCAL_HEADER = '''
 
 
     def word_side_loss(words, patches, weighting, temperature=0.1):
-        """Word side L_word of the modality-weighted local alignment (METHOD §5), all tokens valid.
+        """Word side L_word of the modality-weighted local alignment (Method §5), all tokens valid.
 
         words [B, W, d], patches [B, P, d] (L2-normalised); weighting: nn.MultiheadAttention(d, 1,
         batch_first=True) whose attention weights are the word weights ω. Returns a scalar.
@@ -808,7 +808,7 @@ _FMC_HEADER = '''
 
 
     def fmc(a, b, temperature=0.1):
-        """Forward mapping classification a -> b with sim(x, y) = -||x - y||^2 (METHOD §6).
+        """Forward mapping classification a -> b with sim(x, y) = -||x - y||^2 (Method §6).
 
         a, b [S, L, d]: S sequences of L steps of the two modalities. Returns a scalar.
         """
@@ -825,7 +825,7 @@ _RMR_HEADER = '''
 
 
     def rmr(a, b, temperature=0.1, variance_lambda=1e-3):
-        """Reverse mapping regression a -> b -> a with sim(x, y) = -||x - y||^2 (METHOD §6).
+        """Reverse mapping regression a -> b -> a with sim(x, y) = -||x - y||^2 (Method §6).
 
         a, b [S, L, d]. Returns a scalar (the Huber branch never fires for δ = 2 and is left out).
         """

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from medst.cli import build_parser
-from medst.train.config import PROFILES, load_profile
+from medst.config import PROFILES, load_profile
 
 
 @pytest.mark.parametrize("name", PROFILES)

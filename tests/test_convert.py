@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from medst.convert import ConversionError, convert, published_config, read_init_state
 from medst.models.medst import build_medst, load_run
 from medst.train.checkpoint import save_weights
-from medst.train.config import Config
+from medst.config import Config
 
 WIDTH, DEPTH, HEADS, PATCH, IMAGE = 64, 2, 2, 8, 32
 HIDDEN, LAYERS, INTER, POSITIONS = 64, 2, 128, 40

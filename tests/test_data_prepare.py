@@ -1,4 +1,4 @@
-"""Report text, image reading and ``medst prepare`` on a hand-made MIMIC-CXR-JPG tree (METHOD §1).
+"""Report text, image reading and ``medst prepare`` on a hand-made MIMIC-CXR-JPG tree (Method §1).
 
 The tree below is written by :func:`build_fixture` in the real formats (JPEG files in files/pXX/..., the
 metadata and split CSVs, free-text reports). Its expected outcome is written out by hand, study by study,

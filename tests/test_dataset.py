@@ -1,4 +1,4 @@
-"""StudyDataset, SequenceBatchSampler, Collator and make_loader (METHOD §1 batches: S sequences, then singles)."""
+"""StudyDataset, SequenceBatchSampler, Collator and make_loader (Method §1 batches: S sequences, then singles)."""
 from __future__ import annotations
 
 import itertools

@@ -127,7 +127,7 @@ def test_missing_files_are_named(tmp_path):
 @pytest.fixture(scope="module")
 def run_dir(prepared_dir, tmp_path_factory):
     """A ci-profile run pre-trained for 3 steps on the phantom."""
-    from medst.train.config import load_profile
+    from medst.config import load_profile
     from medst.train.loop import pretrain
 
     run = tmp_path_factory.mktemp("eval-run")
@@ -365,7 +365,7 @@ def test_new_ablation_variants_and_run_dirs():
     """"+local (published)" and "two views, shared FFN" sit after "+local" / "+MoVE" with the right overrides;
     every variant has its own file-system-safe run folder, and --variants finds names that hold commas."""
     from medst.eval.run import VARIANTS, ablation_run_dir, parse_variants
-    from medst.train.config import load_profile
+    from medst.config import load_profile
 
     by_name = {v.name: v for v in VARIANTS}
     names = [v.name for v in VARIANTS]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from medst.data.dataset import Batch
-from medst.train.config import load_profile
+from medst.config import load_profile
 
 try:
     import pytest

@@ -8,7 +8,7 @@ import torch
 
 from medst.data.dataset import Batch, Collator
 from medst.models.vision import create_move
-from medst.train.config import load_profile
+from medst.config import load_profile
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 

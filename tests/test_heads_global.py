@@ -1,4 +1,4 @@
-"""Projection heads (METHOD §2) and the global image-report loss (METHOD §4)."""
+"""Projection heads (Method §2) and the global image-report loss (Method §4)."""
 from __future__ import annotations
 
 import math

@@ -18,7 +18,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from medst.train.checkpoint import latest_checkpoint
-from medst.train.config import load_profile
+from medst.config import load_profile
 from medst.train.loop import NonFiniteLoss, Trainer
 
 TORCH_DIR = str(Path(torch.__file__).parent)

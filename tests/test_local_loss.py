@@ -1,4 +1,4 @@
-"""Modality-weighted local alignment (METHOD.md §5) against a per-sample, per-word reference."""
+"""Modality-weighted local alignment (Method §5) against a per-sample, per-word reference."""
 import math
 
 import pytest

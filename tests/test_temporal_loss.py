@@ -1,4 +1,4 @@
-"""Temporal cycle consistency (METHOD.md §6) against a per-sequence, per-step reference."""
+"""Temporal cycle consistency (Method §6) against a per-sequence, per-step reference."""
 
 import pytest
 import torch

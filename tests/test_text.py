@@ -1,4 +1,4 @@
-"""Text encoder and word merge (METHOD §2)."""
+"""Text encoder and word merge (Method §2)."""
 from __future__ import annotations
 
 import json
@@ -168,7 +168,7 @@ def test_report_pooling(tokenizer):
 
 def test_text_pool_resolution():
     from medst.models.build import text_pool
-    from medst.train.config import load_profile
+    from medst.config import load_profile
 
     assert text_pool(load_profile("ci")) == "mean"  # tiny tower trained from scratch
     assert text_pool(load_profile("ci", ["model.text.pool=cls"])) == "cls"

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from medst.train.checkpoint import latest_checkpoint, load_checkpoint
-from medst.train.config import load_profile
+from medst.config import load_profile
 from medst.train.loop import NonFiniteLoss, Trainer, pretrain
 
 EXACT = ["data.augment=false", "model.text.dropout=0.0"]
@@ -34,7 +34,7 @@ def test_ci_profile_loss_falls(prepared_dir, tmp_path):
     rows = pretrain(cfg, prepared_dir, tmp_path / "run", device="cpu", progress=False)
     losses = [r["loss"] for r in rows]
     assert len(losses) == cfg.train.steps and all(torch.isfinite(torch.tensor(losses)))
-    # RMR divides by a predicted variance that can be tiny (METHOD §6), so single steps spike; compare the
+    # RMR divides by a predicted variance that can be tiny (Method §6), so single steps spike; compare the
     # medians of the first and last quarters of the run rather than single steps.
     quarter = len(losses) // 4
     first, last = statistics.median(losses[:quarter]), statistics.median(losses[-quarter:])
@@ -79,7 +79,7 @@ def test_two_gloo_processes_match_one_process(prepared_dir, tmp_path):
     assert len(a) == len(b) == 4
     # Step 1 runs the same weights on the same studies: the forward pass (gathered negatives, BatchNorm over
     # both processes) must agree to float precision. Later steps add the optimiser's updates; RMR divides by a
-    # variance that can be tiny (METHOD §6), which amplifies float rounding, so its tolerance is looser.
+    # variance that can be tiny (Method §6), which amplifies float rounding, so its tolerance is looser.
     for key in ("loss", "global", "local", "temporal", "fmc", "rmr"):
         assert a[0][key] == pytest.approx(b[0][key], rel=1e-4), ("step 1", key)
     for ra, rb in zip(a[1:], b[1:]):

@@ -1,4 +1,4 @@
-"""MoVE (METHOD §3): plain-ViT equivalence, routing, batch independence, init, checkpoints."""
+"""MoVE (Method §3): plain-ViT equivalence, routing, batch independence, init, checkpoints."""
 from __future__ import annotations
 
 import pytest
@@ -298,7 +298,7 @@ def test_shared_ffn_checkpoint_and_config(tmp_path):
         create_move("vit_base_patch16_224", checkpoint_path=str(path), **TINY)
     # the profile's model.vision.experts reaches the tower
     from medst.models.build import build_vision
-    from medst.train.config import load_profile
+    from medst.config import load_profile
 
     assert build_vision(load_profile("ci", ["model.vision.experts=shared"])).lateral_experts is None
     assert build_vision(load_profile("ci")).lateral_experts is not None
@@ -311,7 +311,7 @@ def test_bad_experts_value_is_refused():
     with pytest.raises(ValueError, match=r"must be one of 'move', 'shared', got 'Shared'"):
         MoVE(vit, experts="Shared")
     from medst.models.build import build_vision
-    from medst.train.config import load_profile
+    from medst.config import load_profile
 
     with pytest.raises(ValueError, match="model.vision.experts"):
         build_vision(load_profile("ci", ["model.vision.experts=none"]))

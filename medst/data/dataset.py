@@ -2,7 +2,7 @@
 
 Pieces, each usable on its own:
 
-- :class:`ImageTransform` / :func:`eval_transform`: METHOD §1's resize-and-pad, random (train) or centre (eval)
+- :class:`ImageTransform` / :func:`eval_transform`: Method §1's resize-and-pad, random (train) or centre (eval)
   crop and normalisation, uint8 [H, W] -> float [3, S, S].
 - :class:`StudyDataset`: one item per usable study of a split (frontal, optional lateral, report text).
 - :class:`SequenceBatchSampler`: which studies form a batch (whole time-ordered sequences first, DDP-aware).
@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - old torchvision
     def _to_float() -> Any:
         return _T.ConvertImageDtype(torch.float32)
 
-MEAN, STD = 0.5, 0.5  # METHOD §1: the same on all three channels
+MEAN, STD = 0.5, 0.5  # Method §1: the same on all three channels
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -54,7 +54,7 @@ _NORMALISE = _T.Compose([_to_float(), _T.Normalize(mean=[MEAN], std=[STD])])
 
 
 def normalise(images: Tensor) -> Tensor:
-    """uint8 [..., 1, S, S] -> float32 [..., 3, S, S]: (x / 255 - 0.5) / 0.5 (METHOD §1), grey copied to 3 channels.
+    """uint8 [..., 1, S, S] -> float32 [..., 3, S, S]: (x / 255 - 0.5) / 0.5 (Method §1), grey copied to 3 channels.
 
     Applied once per batch by the :class:`Collator` (a handful of large tensor ops instead of several small
     ones per image).
@@ -66,7 +66,7 @@ def normalise(images: Tensor) -> Tensor:
 
 
 class ImageTransform:
-    """uint8 [H, W] grey image -> float32 [3, S, S] normalised with mean 0.5, std 0.5 (METHOD §1).
+    """uint8 [H, W] grey image -> float32 [3, S, S] normalised with mean 0.5, std 0.5 (Method §1).
 
     An input that is not already ``cache_side(S) × cache_side(S)`` is first resized (long side) and
     zero-padded to that square; then a random crop (``train=True``) or the centre crop of side S is taken.
@@ -274,7 +274,7 @@ class SequenceBatchSampler(Sampler[list[int]]):
       in an order shuffled with ``(seed, epoch)`` (call :meth:`set_epoch`).
     - No two sequences of one patient share a batch (a conflicting sequence waits for the next batch), so no
       study appears twice in a batch.
-    - Singles are studies of patients with fewer than L studies (they belong to no sequence, METHOD §1),
+    - Singles are studies of patients with fewer than L studies (they belong to no sequence, Method §1),
       cycled through in shuffled order, no study twice in a batch. With ``sequences_per_batch=0`` the batches
       are singles only and every study of the split is used once per epoch.
     - DDP: every rank computes the same list of *global* batches of ``world_size·S`` sequences and

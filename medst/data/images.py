@@ -1,4 +1,4 @@
-"""Reading radiographs from JPEG/PNG files and the resize-and-pad step of METHOD §1.
+"""Reading radiographs from JPEG/PNG files and the resize-and-pad step of Method §1.
 
 Every image Med-ST sees is first resized so that its long side is ``side`` pixels and then zero-padded,
 centred, to a ``side × side`` square (``side`` = 256 for a 224 crop; ``cache_side(image_size)`` in general).
@@ -31,7 +31,7 @@ class ImageReadError(OSError):
 
 
 def cache_side(image_size: int) -> int:
-    """Side of the resized-and-padded image for a crop of ``image_size``: 256 for 224 (METHOD §1)."""
+    """Side of the resized-and-padded image for a crop of ``image_size``: 256 for 224 (Method §1)."""
     return round(image_size * 256 / 224)
 
 

@@ -1,4 +1,4 @@
-"""``medst prepare``: a MIMIC-CXR-JPG root (real or phantom) -> the pre-training index of METHOD §1.
+"""``medst prepare``: a MIMIC-CXR-JPG root (real or phantom) -> the pre-training index of Method §1.
 
 Input (the MIMIC-CXR-JPG v2 layout)::
 
@@ -18,7 +18,7 @@ Output (``out_dir``)::
     summary.json     the counts of :class:`PrepareSummary`
     prepare.json     the arguments (absolute MIMIC root), so a Dataset can find the original images
 
-What is a usable study (METHOD §1): its report text (impression + findings) has >= ``min_words`` word tokens,
+What is a usable study (Method §1): its report text (impression + findings) has >= ``min_words`` word tokens,
 and it has a readable frontal image (PA preferred over AP, then the smallest dicom_id). Its lateral is the
 first readable of LATERAL then LL images (smallest dicom_id first), or none. Nothing is dropped silently:
 every left-out item gets a row in ``skipped.csv``, a warning naming the file and a count in the summary.
@@ -417,7 +417,7 @@ def _sectioned_texts(path: Path) -> dict[int, str]:
 def prepare(mimic_root: str | os.PathLike, out_dir: str | os.PathLike, reports_dir: str | os.PathLike | None = None,
             cache_size: int | None = 256, sequence_length: int = 4, min_words: int = 3,
             workers: int | None = None, progress: bool = True) -> PrepareSummary:
-    """Index a MIMIC-CXR-JPG root for Med-ST pre-training (METHOD §1); see the module docstring for the files.
+    """Index a MIMIC-CXR-JPG root for Med-ST pre-training (Method §1); see the module docstring for the files.
 
     Args:
         mimic_root: folder with ``files/`` and the metadata and split CSVs.

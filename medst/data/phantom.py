@@ -3,12 +3,12 @@
 No real chest X-ray data can be shipped, so ``synthesize`` writes patients with 1–6 studies over time,
 each a frontal image, often a lateral image and a free-text report, laid out exactly like
 MIMIC-CXR-JPG, plus MS-CXR-T (temporal labels and sentence pairs), RSNA Pneumonia (DICOM) and COVIDx
-(PNG lists) counterparts, and the ground truth behind all of it (DESIGN.md, "Data: the phantom and the
-real formats"). The same preparation and loading code then runs on the phantom and on the real data.
+(PNG lists) counterparts, and the ground truth behind all of it (chapter 1 of the book,
+``book/01_data.ipynb``). The same preparation and loading code then runs on the phantom and on the real data.
 
 Images come from one 3-D description per patient (``phantom_render``); findings are 3-D lesions whose
 severity follows a trajectory over the studies, so every consecutive pair of studies has a true
-improving / stable / worsening label per finding (METHOD.md §1, §6, §8). Reports (``phantom_reports``)
+improving / stable / worsening label per finding (Method §1, §6, §8). Reports (``phantom_reports``)
 describe the current state and the change since the prior study.
 
 Determinism: every patient draws from its own ``SeedSequence([seed, stream, index])``, so the files are
@@ -47,7 +47,7 @@ from medst.data.phantom_reports import FindingState, make_report, sentence_pairs
 FINDINGS = ("pleural_effusion", "consolidation", "edema", "pneumothorax", "pneumonia", "cardiomegaly")
 MSCXRT_FINDINGS = ("consolidation", "edema", "pleural_effusion", "pneumonia", "pneumothorax")
 VERSION = "1.0"
-SEQUENCE_LENGTH = 4          # studies per pre-training sequence (METHOD.md §1)
+SEQUENCE_LENGTH = 4          # studies per pre-training sequence (Method §1)
 MAX_STUDIES = 6
 N_SENTENCE_PAIRS = 360
 

@@ -1,4 +1,4 @@
-"""One patient's anatomy and findings as 3-D objects for the phantom (DESIGN.md "Data").
+"""One patient's anatomy and findings as 3-D objects for the phantom (chapter 1 of the book).
 
 Body (thorax and abdomen), lungs, diaphragm domes, heart, aortic knob, vertebrae, clavicles, trachea and
 gastric bubble are ellipsoids; ribs are thin tubes along 3-D hoops; pulmonary vessels are short segments

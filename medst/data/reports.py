@@ -1,4 +1,4 @@
-"""Radiology report text (METHOD §1): sections, the text Med-ST trains on, word tokens.
+"""Radiology report text (Method §1): sections, the text Med-ST trains on, word tokens.
 
 A MIMIC-CXR report is free text with upper-case section headers, e.g.::
 
@@ -69,7 +69,7 @@ def _first_section(sections: dict[str, str], names: tuple[str, ...]) -> str:
 
 
 def join_sections(impression: str, findings: str) -> str:
-    """Impression then findings (METHOD §1), whitespace-normalised; either may be empty."""
+    """Impression then findings (Method §1), whitespace-normalised; either may be empty."""
     return normalise_whitespace(f"{impression} {findings}")
 
 

@@ -1,4 +1,4 @@
-"""Evaluation of Med-ST models (METHOD.md §8) and grounding of words in images."""
+"""Evaluation of Med-ST models (Method §8) and grounding of words in images."""
 from .grounding import (FINDINGS, GroundingItem, PixelAffine, chance_hit_rate, letterbox_affine, load_boxes,
                         patch_centers, plot_attention, pointing_game, pointing_hit, split_views)
 

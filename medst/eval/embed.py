@@ -1,4 +1,4 @@
-"""Frozen embeddings for downstream evaluation (METHOD §8): a loaded model, images and texts in, vectors out.
+"""Frozen embeddings for downstream evaluation (Method §8): a loaded model, images and texts in, vectors out.
 
 Every evaluation task needs the same three things, gathered here:
 
@@ -8,7 +8,7 @@ Every evaluation task needs the same three things, gathered here:
   ``[N, d]``, with an optional lateral view per study going through MoVE;
 - :func:`embed_texts`: strings -> global text embeddings ``[N, d]``.
 
-Images are pre-processed exactly as pre-training's evaluation-time images are (METHOD §1): decoded to uint8
+Images are pre-processed exactly as pre-training's evaluation-time images are (Method §1): decoded to uint8
 grey levels, resized so the long side is ``cache_side(image_size)`` and zero-padded to a square
 (:func:`medst.data.images.load_resized`, the cache ``medst prepare`` writes), centre-cropped to ``image_size``
 and normalised with mean 0.5, std 0.5 (:func:`medst.data.dataset.eval_transform`).
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from medst.chapter import resolve_device, seed_everything
+from medst.utils import resolve_device, seed_everything
 from medst.data.dataset import ImageTransform
 from medst.data.dicom import read_dicom_uint8
 from medst.data.images import cache_side, load_resized, resize_pad
@@ -49,7 +49,7 @@ class EvalModel:
     Attributes:
         model: :class:`medst.models.medst.MedST` in eval mode on ``device``.
         tokenizer: its tokenizer (a transformers fast tokenizer).
-        cfg: the run's :class:`medst.train.config.Config` (image size, max length, profile name).
+        cfg: the run's :class:`medst.config.Config` (image size, max length, profile name).
         device: where the model lives.
         source: ``"checkpoint"`` (weights of a run) or ``"random"`` (same architecture, random weights).
         checkpoint: the run folder it came from.
@@ -112,7 +112,7 @@ def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.dev
         :class:`EvalModel` in eval mode.
     """
     from medst.models.medst import build_medst, load_run
-    from medst.train.config import Config
+    from medst.config import Config
 
     run = Path(checkpoint)
     dev = resolve_device(device)
@@ -211,11 +211,11 @@ def image_batches(frontal: Sequence[ImageSource], image_size: int,
 def embed_images(em: EvalModel, frontal: Sequence[ImageSource],
                  lateral: Optional[Sequence[Optional[ImageSource]]] = None, *, batch_size: int = 64,
                  num_workers: int = 0, progress: bool = True, desc: str = "embed images") -> torch.Tensor:
-    """Global image embeddings (METHOD §2: [CLS] -> global head -> L2 normalisation).
+    """Global image embeddings (Method §2: [CLS] -> global head -> L2 normalisation).
 
     Args:
         frontal: N frontal images (paths or uint8 arrays).
-        lateral: None (single view: a plain ViT, METHOD §3.5) or N entries, None/"" where a study has no
+        lateral: None (single view: a plain ViT, Method §3.5) or N entries, None/"" where a study has no
             lateral; studies with a lateral go through MoVE with both views.
     Returns:
         [N, d] float32 unit vectors on the CPU.

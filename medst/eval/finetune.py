@@ -1,8 +1,8 @@
-"""COVIDx classification with 1 %, 10 % and 100 % of the training labels (METHOD §8).
+"""COVIDx classification with 1 %, 10 % and 100 % of the training labels (Method §8).
 
 Three classes (normal, pneumonia, COVID-19). Two ways to use the pre-trained image tower:
 
-- **linear probe**: frozen global image embeddings (METHOD §2), a logistic regression on top
+- **linear probe**: frozen global image embeddings (Method §2), a logistic regression on top
   (scikit-learn, after standardisation);
 - **fine-tuning**: the image tower ([CLS] output, before the projection head) plus a linear classifier,
   all trained with AdamW and cross-entropy for a few epochs, on random crops of the resized-and-padded
@@ -216,7 +216,7 @@ def covidx(em, data_root: Union[str, os.PathLike], *, fractions: Sequence[float]
 def lateral_finding_probe(em, data_root: Union[str, os.PathLike], *, splits: Optional[Sequence[str]] = None,
                           folds: int = 5, max_studies: Optional[int] = None, seed: int = 0,
                           progress: bool = True) -> dict[str, float]:
-    """Can the image embedding see a finding that only the lateral view shows? (MoVE's target, METHOD §3)
+    """Can the image embedding see a finding that only the lateral view shows? (MoVE's target, Method §3)
 
     The phantom marks small posterior pleural effusions that are invisible on the frontal view
     (``ground_truth/studies.csv``: ``F_lateral_only = 1``). Among studies that have a lateral image,

@@ -1,7 +1,7 @@
 """Grounding: does a finding word attend to its lesion? (pointing game)
 
 For a report word such as "effusion", the word→patch cross-attention of the
-local alignment (METHOD.md §5, :class:`medst.losses.LocalAlignment` details)
+local alignment (Method §5, :class:`medst.losses.LocalAlignment` details)
 gives one weight per image patch. The pointing game scores a *hit* when the
 centre of the most attended patch lies inside a lesion box of that finding.
 
@@ -76,7 +76,7 @@ class PixelAffine:
 def letterbox_affine(height: int, width: int, resize: int = 256, crop: Optional[int] = 224) -> PixelAffine:
     """Affine of "resize the long side to ``resize``, pad centred to a square, centre-crop ``crop``".
 
-    Conventions (METHOD §1 pre-processing): the short side becomes
+    Conventions (Method §1 pre-processing): the short side becomes
     ``round(short · resize / long)`` pixels; padding puts ``(resize - new) // 2``
     zero pixels before the image; the centre crop starts at
     ``round((resize - crop) / 2)`` (as ``torchvision.transforms.CenterCrop``).

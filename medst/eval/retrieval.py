@@ -1,8 +1,8 @@
-"""Image <-> report retrieval on held-out MIMIC-CXR studies (the global alignment of METHOD §4, measured).
+"""Image <-> report retrieval on held-out MIMIC-CXR studies (the global alignment of Method §4, measured).
 
 Every study of a split (``test`` by default) is embedded twice: its images (frontal, plus its lateral through
-MoVE when it has one, METHOD §3) and its report text (impression + findings, as ``medst prepare`` keeps it,
-METHOD §1). With the cosine similarity matrix ``s_ij = <v_i, t_j>`` (image i, report j):
+MoVE when it has one, Method §3) and its report text (impression + findings, as ``medst prepare`` keeps it,
+Method §1). With the cosine similarity matrix ``s_ij = <v_i, t_j>`` (image i, report j):
 
 - image -> report recall@k: the share of images whose own report is among the k most similar reports;
 - report -> image recall@k: the same with rows and columns swapped.
@@ -90,7 +90,7 @@ def _find(root: Path, name: str) -> Path:
 
 def read_mimic_studies(mimic_root: Union[str, os.PathLike], split: Union[str, Sequence[str], None] = "test",
                        reports_dir: Union[str, os.PathLike, None] = None, min_words: int = 3) -> MimicStudies:
-    """The usable studies of a split, chosen as ``medst prepare`` chooses them (METHOD §1).
+    """The usable studies of a split, chosen as ``medst prepare`` chooses them (Method §1).
 
     Frontal: PA before AP, then the smallest dicom_id; lateral: LATERAL before LL, or none. Text: impression +
     findings of ``REPORTS/files/pXX/pSUBJECT/sSTUDY.txt`` (:func:`medst.data.reports.report_text`), kept when it

@@ -1,4 +1,4 @@
-"""``medst evaluate``: every downstream task of METHOD §8 on one run, into one results JSON.
+"""``medst evaluate``: every downstream task of Method §8 on one run, into one results JSON.
 
     medst evaluate --checkpoint RUN --data DIR --task all --out results.json
 
@@ -48,6 +48,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 
 from medst.eval.embed import EvalModel, load_model
+from medst.utils import atomic_write
 
 TASKS = ("temporal-image", "temporal-text", "rsna-zeroshot", "covidx", "retrieval", "grounding")
 # Phantom-only probes used by the ablations (they need ground_truth/); run by name, not part of "all".
@@ -113,7 +114,7 @@ def _image_size(path: str) -> tuple[int, int]:
 
 
 def grounding_items(em: EvalModel, studies, *, batch_size: int = 16, progress: bool = True) -> list:
-    """Word -> patch attention of the local alignment (METHOD §5) for studies -> :class:`GroundingItem` list.
+    """Word -> patch attention of the local alignment (Method §5) for studies -> :class:`GroundingItem` list.
 
     Args:
         studies: DataFrame with frontal, lateral ("" if none), frontal_dicom, lateral_dicom, text
@@ -342,13 +343,8 @@ def evaluate(checkpoint: Union[str, os.PathLike], data: Union[str, os.PathLike],
 
 def write_results(results: dict[str, Any], path: Union[str, os.PathLike]) -> Path:
     """Write results as JSON (refusing NaN/inf), atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
 
 
 def evaluate_main(args) -> None:
@@ -570,7 +566,7 @@ def run_ablation(profile: str, seeds: Sequence[int], out_dir: Union[str, os.Path
     from tqdm.auto import tqdm
 
     import medst.chapter
-    from medst.train.config import load_profile
+    from medst.config import load_profile
     from medst.train.loop import pretrain
 
     out = Path(out_dir)

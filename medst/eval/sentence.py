@@ -1,4 +1,4 @@
-"""MS-CXR-T temporal sentence similarity (METHOD §8): does the text embedding tell "better" from "worse"?
+"""MS-CXR-T temporal sentence similarity (Method §8): does the text embedding tell "better" from "worse"?
 
 Each row of ``DIR/ms-cxr-t/MS_CXR_T_temporal_sentence_similarity_v1.0.0.csv`` pairs two sentences about the
 change of a finding; ``paraphrase`` pairs say the same (in other words), ``contradiction`` pairs say the

@@ -1,4 +1,4 @@
-"""MS-CXR-T temporal image classification (METHOD §8): does the image embedding see change over time?
+"""MS-CXR-T temporal image classification (Method §8): does the image embedding see change over time?
 
 For each of the five findings, every labelled pair (current image, previous image of the same patient) is
 embedded with the frozen image tower, frontal view only (global embeddings, L2-normalised), the two vectors are
@@ -101,7 +101,7 @@ def majority_accuracy(labels: Sequence[str]) -> float:
 
 
 def pair_features(current: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """[n, d] current and [n, d] previous embeddings -> [n, 2d] concatenation (METHOD §8)."""
+    """[n, d] current and [n, d] previous embeddings -> [n, 2d] concatenation (Method §8)."""
     if current.shape != previous.shape:
         raise ValueError(f"pair_features: shapes differ, {current.shape} vs {previous.shape}")
     return np.concatenate([current, previous], axis=1)

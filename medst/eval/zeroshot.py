@@ -1,4 +1,4 @@
-"""RSNA pneumonia zero-shot classification (METHOD §8): the image tower and text tower, no training at all.
+"""RSNA pneumonia zero-shot classification (Method §8): the image tower and text tower, no training at all.
 
 A handful of sentences a radiologist would write for pneumonia (positive prompts) and for a normal chest
 (negative prompts) are embedded with the text tower; each set is averaged into one unit vector (a prompt

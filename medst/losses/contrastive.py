@@ -1,4 +1,4 @@
-"""Global image-report alignment, a symmetric InfoNCE (METHOD §4).
+"""Global image-report alignment, a symmetric InfoNCE (Method §4).
 
     s_ij = <v_i, t_j> / tau,     L_global = CE(s, I) + CE(s^T, I)
 
@@ -48,7 +48,7 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def global_alignment_loss(img: torch.Tensor, txt: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:
-    """Symmetric image-report InfoNCE (METHOD §4).
+    """Symmetric image-report InfoNCE (Method §4).
 
     Args:
         img: [B, d] image embeddings, L2-normalised.

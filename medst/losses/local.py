@@ -1,4 +1,4 @@
-"""Modality-weighted local alignment (METHOD.md §5).
+"""Modality-weighted local alignment (Method §5).
 
 Words of a report and patches of its image(s) are aligned token by token.
 Each side (words, then patches) does four steps:
@@ -95,7 +95,7 @@ class LocalAlignmentOutput:
 
 def cross_attend(queries: Tensor, keys: Tensor, key_mask: Optional[Tensor],
                  temperature: float) -> tuple[Tensor, Tensor]:
-    """Parameter-free cross-attention, METHOD §5 step 1.
+    """Parameter-free cross-attention, Method §5 step 1.
 
     Args:
         queries: [B, Q, d]; keys: [B, K, d] (keys are also the values).
@@ -121,7 +121,7 @@ def masked_mean(x: Tensor, mask: Optional[Tensor]) -> Tensor:
 
 def modality_weights(weighting: nn.MultiheadAttention, interactions: Tensor,
                      mask: Optional[Tensor]) -> Tensor:
-    """Token weights ω, METHOD §5 step 3.
+    """Token weights ω, Method §5 step 3.
 
     Single-head attention with query = mean interaction vector and keys =
     values = interaction vectors; its attention weights are returned.
@@ -166,7 +166,7 @@ def weight_stats(weights: Tensor, mask: Optional[Tensor] = None) -> dict[str, Te
 
 def weighted_token_infonce(similarity: Tensor, weights: Tensor,
                            mask: Optional[Tensor]) -> Tensor:
-    """Weighted token-level InfoNCE in both directions, METHOD §5 step 4.
+    """Weighted token-level InfoNCE in both directions, Method §5 step 4.
 
     ``Σ_i ω_i CE(m_i,:, i)`` and ``Σ_i ω_i CE(m_:,i, i)``, each summed over
     tokens and averaged over the batch, then the two averaged.
@@ -193,7 +193,7 @@ def weighted_token_infonce(similarity: Tensor, weights: Tensor,
 
 
 class LocalAlignment(nn.Module):
-    """Modality-weighted local alignment loss ``L_word + L_patch`` (METHOD §5).
+    """Modality-weighted local alignment loss ``L_word + L_patch`` (Method §5).
 
     Args:
         dim: embedding size d of the local embeddings.

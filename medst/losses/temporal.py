@@ -1,4 +1,4 @@
-"""Cross-modal bidirectional cycle consistency (METHOD.md §6).
+"""Cross-modal bidirectional cycle consistency (Method §6).
 
 Each sequence holds L studies of one patient in time order; ``a`` and ``b``
 are the global embeddings of one modality each (images and reports), shape
@@ -57,7 +57,7 @@ def pairwise_similarity(x: Tensor, y: Tensor, similarity: str = "l2") -> Tensor:
 
 
 def fmc_loss(a: Tensor, b: Tensor, *, temperature: float = 0.1, similarity: str = "l2") -> Tensor:
-    """Forward mapping classification a→b (METHOD §6).
+    """Forward mapping classification a→b (Method §6).
 
     ``logits_tk = sim(a_t, b_k) / T``; ``L_FMC = CE(logits_t,:, t)`` averaged
     over steps t and sequences.
@@ -95,7 +95,7 @@ class RMRDetails:
 
 def rmr_details(a: Tensor, b: Tensor, *, temperature: float = 0.1, similarity: str = "l2",
                 variance_lambda: float = 1e-3, huber_delta: float = 2.0) -> RMRDetails:
-    """Reverse mapping regression a→b→a with all intermediates (METHOD §6).
+    """Reverse mapping regression a→b→a with all intermediates (Method §6).
 
     1. ``β_tk = softmax_k(sim(a_t, b_k)/T)``, ``ṽ_t = Σ_k β_tk b_k``;
     2. ``α_tk = softmax_k(sim(ṽ_t, a_k)/T)``;
@@ -140,7 +140,7 @@ def rmr_loss(a: Tensor, b: Tensor, *, temperature: float = 0.1, similarity: str 
 
 def cycle_consistency_loss(a: Tensor, b: Tensor, *, temperature: float = 0.1, similarity: str = "l2",
                            variance_lambda: float = 1e-3, huber_delta: float = 2.0) -> Tensor:
-    """FMC(a→b) + RMR(a→b→a) for a, b [S, L, d] -> scalar (METHOD §6, one direction)."""
+    """FMC(a→b) + RMR(a→b→a) for a, b [S, L, d] -> scalar (Method §6, one direction)."""
     return (fmc_loss(a, b, temperature=temperature, similarity=similarity)
             + rmr_loss(a, b, temperature=temperature, similarity=similarity,
                        variance_lambda=variance_lambda, huber_delta=huber_delta))

@@ -1,4 +1,4 @@
-"""Build the towers a profile asks for (METHOD §2), online or offline.
+"""Build the towers a profile asks for (Method §2), online or offline.
 
 Text towers (``model.text.kind``):
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medst.train.config import Config
+from medst.config import Config
 
 
 def _training_texts(prepared_dir: Path) -> list[str]:
@@ -134,7 +134,7 @@ def set_dropout(module, p: float) -> None:
 
 
 def build_vision(cfg: Config, load_init: bool = True):
-    """The profile's MoVE image tower (METHOD §3) on a timm ViT; ``model.vision.experts=shared`` builds the
+    """The profile's MoVE image tower (Method §3) on a timm ViT; ``model.vision.experts=shared`` builds the
     chapter-4 ablation baseline (both views, one shared feed-forward, no lateral experts). With
     ``model.vision.init_from`` (and ``load_init``) the ViT starts from that checkpoint (:func:`medst.convert.init_vision`)."""
     from medst.models.vision import create_move

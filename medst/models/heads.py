@@ -1,4 +1,4 @@
-"""Projection heads from backbone width D to the joint embedding size d (METHOD §2).
+"""Projection heads from backbone width D to the joint embedding size d (Method §2).
 
 Both heads are Linear(D, 2048) -> BatchNorm -> ReLU -> Linear(2048, d) -> BatchNorm
 without affine. The global head maps one vector per image / report; the local head maps
@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from medst.train.distributed import batch_norm_rows
+from medst.models.norm import batch_norm_rows
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -48,7 +48,7 @@ class LocalHead(nn.Module):
     lateral patches). Outputs are not normalised; the model L2-normalises them.
 
     The masked form projects every slot and takes the statistics over the valid ones
-    (:func:`~medst.train.distributed.batch_norm_rows`), rather than gathering the valid
+    (:func:`~medst.models.norm.batch_norm_rows`), rather than gathering the valid
     tokens first: the shapes then do not depend on the data, so a training step never waits
     for the device to count them (and torch.compile sees static shapes).
     """

@@ -1,13 +1,13 @@
-"""The full Med-ST model: MoVE image tower, BERT text tower, heads and the three objectives (METHOD §7).
+"""The full Med-ST model: MoVE image tower, BERT text tower, heads and the three objectives (Method §7).
 
     L = λ1·L_global + λ2·L_local + λ3·L_temporal
 
 Every term can be switched off (a weight of 0, or ``fmc``/``rmr`` false) for the ablations, and a switched-off
-term's modules are not even built: the model holds only what its forward uses (METHOD §9), so several
+term's modules are not even built: the model holds only what its forward uses (Method §9), so several
 processes never need DDP's ``find_unused_parameters``.
 
 Embeddings are L2-normalised after the heads. The temporal loss uses the global embeddings of the first
-``S·L`` pairs of a batch, which form ``S`` sequences of ``L`` time-ordered studies (METHOD §1, §6).
+``S·L`` pairs of a batch, which form ``S`` sequences of ``L`` time-ordered studies (Method §1, §6).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from medst.losses.contrastive import global_alignment_loss
 from medst.losses.local import LocalAlignment, weight_stats
 from medst.losses.temporal import fmc_loss, rmr_loss
 from medst.models.heads import GlobalHead, LocalHead
-from medst.train.config import Config, LossConfig
+from medst.config import Config, LossConfig
 
 
 @dataclass
@@ -107,7 +107,7 @@ class MedST(nn.Module):
 
     # -- training -----------------------------------------------------------------------------------
     def forward(self, batch) -> MedSTOutput:
-        """A :class:`medst.data.dataset.Batch` -> the weighted loss of METHOD §7 and its terms.
+        """A :class:`medst.data.dataset.Batch` -> the weighted loss of Method §7 and its terms.
 
         Nothing here waits for the device (no ``.item()``, no data-dependent shapes), so that the host can queue
         the next step while this one runs; the training loop reads the values only at its log steps."""
@@ -146,7 +146,7 @@ class MedST(nn.Module):
 
     def temporal_terms(self, image: torch.Tensor, report: torch.Tensor, num_sequences: int,
                        sequence_length: int) -> dict[str, torch.Tensor]:
-        """FMC and RMR in both directions over the first S·L pairs (METHOD §6); empty when S = 0."""
+        """FMC and RMR in both directions over the first S·L pairs (Method §6); empty when S = 0."""
         cfg = self.loss_cfg
         if num_sequences == 0:
             return {}

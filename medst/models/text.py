@@ -1,4 +1,4 @@
-"""Text encoder: a BERT from `transformers` plus the word-piece merge (METHOD §2).
+"""Text encoder: a BERT from `transformers` plus the word-piece merge (Method §2).
 
 A report is tokenised into word pieces ("pneumothorax" -> "p", "##ne", "##um", ...).
 Med-ST's local alignment works on *words*, so the piece vectors of each word are
@@ -6,7 +6,7 @@ summed into one word vector. The word list starts after [CLS] and stops at the f
 [SEP]; the remaining slots are padding and are masked out.
 
 The published code does this merge with a Python loop over every token of every
-report. Here it is done with tensor ops (ours, METHOD §2): a piece -> word index from a
+report. Here it is done with tensor ops (ours, Method §2): a piece -> word index from a
 cumulative sum of "starts a new word" flags, then one `index_add` (a segment sum).
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def merge_word_pieces(
     sep_token_id: int,
     attention_mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum word-piece vectors into word vectors, with tensor ops only (METHOD §2, ours).
+    """Sum word-piece vectors into word vectors, with tensor ops only (Method §2, ours).
 
     Position 0 holds [CLS]; words are read from position 1 up to (not including) the
     first [SEP]. If a window holds no [SEP] (a truncated report), every position after
@@ -116,11 +116,11 @@ def merge_word_strings(tokens: list[str], sep_token: str = "[SEP]", pad_token: s
 
 
 class TextEncoder(nn.Module):
-    """BERT report encoder with word merge (METHOD §2).
+    """BERT report encoder with word merge (Method §2).
 
     Holds `model` (a transformers BERT-like encoder, no pooler) and `tokenizer`
     (used as the model ships it). Arguments are passed to the model by keyword, so
-    positions are never confused with token types (METHOD §9).
+    positions are never confused with token types (Method §9).
 
     `position_ids`: "real" (0, 1, 2, ..., the BERT default) or "zeros" (every position id 0: the released Med-ST
     and MGCA text towers were trained so, see :mod:`medst.convert`; run them that way to reproduce them).

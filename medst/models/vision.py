@@ -1,4 +1,4 @@
-"""MoVE, the Mixture of View Experts image encoder (METHOD §3).
+"""MoVE, the Mixture of View Experts image encoder (Method §3).
 
 A timm `VisionTransformer` reads the frontal and the lateral radiograph of a study
 together as one sequence
@@ -20,11 +20,11 @@ views, one shared attention and ONE shared feed-forward (the timm block's norm2/
 for every token), no lateral experts and no extra parameters. It equals MoVE whose
 lateral experts hold the frontal expert's weights, tied.
 
-Studies without a lateral (ours, METHOD §3.4) never spend compute on a fake view: the
+Studies without a lateral (ours, Method §3.4) never spend compute on a fake view: the
 batch is split into the studies with a lateral (1 + 2N tokens) and those without
 (1 + N tokens), each group runs through the blocks in one batched call, and the
 results are scattered back. A study without a lateral is exactly a plain ViT, so
-single-view input (downstream tasks) is `vit.forward_features` (METHOD §3.5).
+single-view input (downstream tasks) is `vit.forward_features` (Method §3.5).
 
 The split needs no host synchronisation when the laterals come compact (one row per study
 that has one, as in a training `Batch`): the size of the lateral group is the number of
@@ -113,7 +113,7 @@ def make_lateral_expert(block: nn.Module, init: str = "random") -> LateralExpert
     """A lateral expert shaped like `block`'s norm2/mlp/ls2.
 
     init="random": fresh weights (published). init="frontal": a copy of the block's
-    frontal norm + MLP + layer scale (ours, option; METHOD §3.6).
+    frontal norm + MLP + layer scale (ours, option; Method §3.6).
     """
     _check_lateral_init(init)
     expert = LateralExpert(copy.deepcopy(block.norm2), copy.deepcopy(block.mlp), copy.deepcopy(block.ls2))
@@ -123,7 +123,7 @@ def make_lateral_expert(block: nn.Module, init: str = "random") -> LateralExpert
 
 
 class MoVE(nn.Module):
-    """Mixture of View Experts around a timm VisionTransformer (METHOD §3).
+    """Mixture of View Experts around a timm VisionTransformer (Method §3).
 
     Args:
         vit: a timm `VisionTransformer` with a class token (its classifier is dropped).
@@ -336,7 +336,7 @@ class MoVE(nn.Module):
         has_lateral: Optional[torch.Tensor] = None,
         compact: Optional[bool] = None,
     ) -> VisionOutput:
-        """Encode studies (METHOD §3).
+        """Encode studies (Method §3).
 
         Args:
             frontal: [B, 3, H, W].

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from medst.chapter import resolve_device, seed_everything
-from medst.train.config import Config, load_profile
+from medst.utils import resolve_device, seed_everything
+from medst.config import Config, load_profile
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
 BF16_PEAK = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12),

@@ -19,18 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from medst.utils import atomic_write
+
 # Config keys that may differ between a checkpoint and the run resuming it.
 RESUMABLE_KEYS = {"name", "train.steps", "train.checkpoint_every", "train.log_every", "data.num_workers",
                   "train.group_bucket"}  # padding the view groups changes no result
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -71,7 +64,7 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     """Keys whose values differ between two config dicts (ignoring :data:`RESUMABLE_KEYS`).
 
     A key the saved config lacks (written before the key existed) counts as its default value."""
-    from medst.train.config import Config
+    from medst.config import Config
 
     defaults = flatten(Config().to_dict())
     a, b = flatten(saved), flatten(current)
@@ -84,8 +77,8 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int =
     """Write ``checkpoints/step_XXXXXXX.pt`` atomically, point ``latest`` at it, keep the newest ``keep``."""
     folder = Path(run_dir) / "checkpoints"
     path = folder / f"step_{step:07d}.pt"
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
-    _atomic_write(folder / "latest", lambda tmp: Path(tmp).write_text(path.name))
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(folder / "latest", lambda tmp: Path(tmp).write_text(path.name))
     for old in sorted(folder.glob("step_*.pt"))[:-keep]:
         old.unlink()
     return path
@@ -117,7 +110,7 @@ def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | 
     """Final weights as safetensors (tied tensors handled by ``safetensors.torch.save_model``)."""
     from safetensors.torch import save_model
 
-    _atomic_write(Path(path), lambda tmp: save_model(model, str(tmp), metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_model(model, str(tmp), metadata=metadata))
 
 
 def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> torch.nn.Module:

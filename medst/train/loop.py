@@ -32,11 +32,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from medst.chapter import resolve_device, seed_everything
+from medst.utils import resolve_device, seed_everything
+from medst.models.norm import convert_batchnorm
 from medst.train import distributed
 from medst.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, save_weights,
                                     set_rng_state)
-from medst.train.config import Config, load_profile
+from medst.config import Config, load_profile
 
 METRIC_FIELDS = ["step", "epoch", "loss", "global", "local", "temporal", "fmc", "rmr", "lr", "grad_norm",
                  "pairs_per_s", "seconds", "local_word", "local_patch", "word_max_weight", "word_entropy",
@@ -107,7 +108,7 @@ class Trainer:
         model = build_medst(cfg, tokenizer)
         model.vision.group_bucket = cfg.train.group_bucket  # the Collator pads the laterals alike
         if self.dist.enabled:
-            distributed.convert_batchnorm(model)
+            convert_batchnorm(model)
         self.model = model.to(self.device)
         self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
                                             else None) if self.dist.enabled else self.model)

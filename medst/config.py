@@ -1,10 +1,10 @@
 """Run configuration: the three profiles (``ci``, ``cpu``, ``gpu``) and overrides.
 
-A profile is a YAML file in ``medst/train/profiles``. It fixes the scale of everything a chapter or a
+A profile is a YAML file in ``medst/profiles``. It fixes the scale of everything a chapter or a
 pre-training run does: how big the phantom is, how big the towers are, how long training runs. Any value
 can be overridden with dotted keys, e.g. ``train.steps=200`` or ``model.vision.lateral_init=frontal``.
 
-The defaults below are the published Med-ST settings (METHOD §7); the profiles only change scale.
+The defaults below are the published Med-ST settings (Method §7); the profiles only change scale.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ PROFILES = ("ci", "cpu", "gpu")
 class DataConfig:
     patients: int = 2000          # phantom patients (``medst synth --patients``)
     phantom_size: int = 128       # side of the phantom's stored images in pixels
-    image_size: int = 224         # model input: crop size after resize-and-pad (METHOD §1)
+    image_size: int = 224         # model input: crop size after resize-and-pad (Method §1)
     sequence_length: int = 4      # L: studies per temporal sequence
     max_length: int = 112         # text tokens including [CLS] and [SEP]
     num_workers: int = 0          # DataLoader workers
