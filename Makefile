@@ -6,7 +6,7 @@ PROFILE ?= cpu
 BUILD  ?= _build
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv browser test test-fast book execute html student reproduce bench benchmarks gpu-check clean
+.PHONY: venv browser lint test test-fast book execute html student reproduce bench benchmarks gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -23,7 +23,11 @@ $(VENV)/.installed: pyproject.toml
 browser:
 	@.ci/install-browser.sh
 
-test: venv browser
+# ruff's lint rules and format check (configured in pyproject.toml); `make test` runs it first.
+lint: venv
+	$(PY) -m ruff check medst tests benchmarks && $(PY) -m ruff format --check medst tests benchmarks
+
+test: venv browser lint
 	$(PY) -m pytest -q tests --durations=15
 
 test-fast: venv
@@ -40,7 +44,7 @@ book: execute html
 
 # The students' edition: every exercise solution replaced by its stub, outputs cleared.
 student: venv
-	$(PY) -m medst.student --src book --out $(BUILD)/student
+	$(PY) -m medst.book.student --src book --out $(BUILD)/student
 
 reproduce: PROFILE = gpu
 reproduce: book

@@ -27,6 +27,7 @@ and ablation.png (bar chart); the runs themselves under --out/runs. Running the 
 trained runs and their metrics (runs/*/metrics.json, kept with the evaluation options they were computed
 with), so a stopped ablation continues where it was.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,15 @@ import time
 
 import torch
 
-from medst.eval.run import (VARIANTS, ablation_markdown, parse_variants, run_ablation, summarise_ablation,
-                            variant_slug, write_ablation)
+from medst.ablation import (
+    VARIANTS,
+    ablation_markdown,
+    parse_variants,
+    run_ablation,
+    summarise_ablation,
+    variant_slug,
+    write_ablation,
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,17 +52,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", default="ci", help="ci, cpu, gpu or a YAML file (default ci)")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--data-dir", default=None, help="where the phantom and prepared index live "
-                                                         "(default OUT/_data)")
-    parser.add_argument("--variants", default=None,
-                        help="comma-separated subset of " + "; ".join(f"{v.name!r} ({variant_slug(v.name)})"
-                                                                     for v in VARIANTS)
-                        + " (quote names with spaces, or use the folder names in parentheses)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for every run, e.g. --set train.steps=20 (repeatable)")
+    parser.add_argument(
+        "--data-dir", default=None, help="where the phantom and prepared index live (default OUT/_data)"
+    )
+    parser.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated subset of "
+        + "; ".join(f"{v.name!r} ({variant_slug(v.name)})" for v in VARIANTS)
+        + " (quote names with spaces, or use the folder names in parentheses)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, e.g. --set train.steps=20 (repeatable)",
+    )
     parser.add_argument("--max-pairs", type=int, default=2000, help="progression-probe pairs (default 2000)")
-    parser.add_argument("--max-studies", type=int, default=300, help="studies for the lateral probe and the "
-                                                                     "pointing game (default 300)")
+    parser.add_argument(
+        "--max-studies", type=int, default=300, help="studies for the lateral probe and the pointing game (default 300)"
+    )
     parser.add_argument("--no-random-baseline", action="store_true", help="leave out the random-init row")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
@@ -67,15 +86,31 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    table = run_ablation(args.profile, [int(s) for s in args.seeds.split(",")], args.out, data_dir=args.data_dir,
-                         variants=variants, overrides=args.overrides,
-                         device=args.device, random_baseline=not args.no_random_baseline,
-                         max_pairs=args.max_pairs, max_studies=args.max_studies)
+    table = run_ablation(
+        args.profile,
+        [int(s) for s in args.seeds.split(",")],
+        args.out,
+        data_dir=args.data_dir,
+        variants=variants,
+        overrides=args.overrides,
+        device=args.device,
+        random_baseline=not args.no_random_baseline,
+        max_pairs=args.max_pairs,
+        max_studies=args.max_studies,
+    )
     paths = write_ablation(table, args.out)
     print(ablation_markdown(summarise_ablation(table)))
-    print(json.dumps({"profile": args.profile, "seeds": args.seeds, "runs": len(table),
-                      "seconds": round(time.perf_counter() - start, 1),
-                      "files": {k: str(v) for k, v in paths.items()}}))
+    print(
+        json.dumps(
+            {
+                "profile": args.profile,
+                "seeds": args.seeds,
+                "runs": len(table),
+                "seconds": round(time.perf_counter() - start, 1),
+                "files": {k: str(v) for k, v in paths.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

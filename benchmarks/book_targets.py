@@ -8,6 +8,7 @@
 The targets and how they are scored: :mod:`medst.eval.targets`. Prints a markdown table and writes the JSON
 (values, thresholds, met or not).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = book_targets(args.run, args.data, seed=args.seed, device=args.device)
     print(targets_markdown(rows))
     if args.out:
-        write_results({"run": str(Path(args.run).resolve()), "data": str(Path(args.data).resolve()),
-                       "targets": rows}, args.out)
+        write_results(
+            {"run": str(Path(args.run).resolve()), "data": str(Path(args.data).resolve()), "targets": rows}, args.out
+        )
 
 
 if __name__ == "__main__":

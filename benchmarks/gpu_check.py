@@ -21,6 +21,7 @@ Files in OUT (flat, at most eight): ``gpu_check.json`` (everything), ``gpu_check
 ``bench.json``, ``metrics.csv``, ``loss.png``, ``tests.log``, ``log.txt`` (every command and its output).
 Large files (phantom, checkpoints) go to ``--work`` (default: a temporary folder), never to OUT.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,16 +46,46 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Scale of each mode. "gpu": the gpu profile as it is, on a phantom large enough for a few epochs of 300 steps.
 MODES = {
-    "gpu": dict(profile="gpu", device="auto", patients=2000, image_size=256, cache=256, workers=None,
-                sizes="8,16,24,32", bench_steps=10, run_steps=300, log_every=5, sets=[], compile_size="16",
-                budget=480),
-    "dry": dict(profile="ci", device="cpu", patients=40, image_size=64, cache=73, workers=1,
-                sizes="2,4", bench_steps=2, run_steps=6, log_every=2, sets=["train.group_bucket=4"],
-                compile_size=None, budget=150),
+    "gpu": dict(
+        profile="gpu",
+        device="auto",
+        patients=2000,
+        image_size=256,
+        cache=256,
+        workers=None,
+        sizes="8,16,24,32",
+        bench_steps=10,
+        run_steps=300,
+        log_every=5,
+        sets=[],
+        compile_size="16",
+        budget=480,
+    ),
+    "dry": dict(
+        profile="ci",
+        device="cpu",
+        patients=40,
+        image_size=64,
+        cache=73,
+        workers=1,
+        sizes="2,4",
+        bench_steps=2,
+        run_steps=6,
+        log_every=2,
+        sets=["train.group_bucket=4"],
+        compile_size=None,
+        budget=150,
+    ),
 }
 # Longest time each stage may take (seconds), within the budget; and the least worth starting it with.
-LIMITS = {"env": (60, 5), "tests": (200, 20), "phantom": (150, 20), "bench": (200, 30), "run": (200, 30),
-          "compile": (240, 90)}
+LIMITS = {
+    "env": (60, 5),
+    "tests": (200, 20),
+    "phantom": (150, 20),
+    "bench": (200, 30),
+    "run": (200, 30),
+    "compile": (240, 90),
+}
 GPU_TESTS = ["tests/test_gpu.py", "tests/test_dataset.py::test_eval_loader_compact_lateral_values"]
 
 
@@ -65,10 +96,21 @@ class Check:
         self.out, self.work, self.mode, self.cfg = out, work, mode, MODES[mode]
         self.start, self.budget = time.monotonic(), budget
         self.log = (out / "log.txt").open("w")
-        self.summary: dict = {"dry_run": mode == "dry", "profile": self.cfg["profile"], "budget_s": budget,
-                              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "stages": {}}
-        self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-                        HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
+        self.summary: dict = {
+            "dry_run": mode == "dry",
+            "profile": self.cfg["profile"],
+            "budget_s": budget,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "stages": {},
+        }
+        self.env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            HF_HUB_OFFLINE="1",
+            TOKENIZERS_PARALLELISM="false",
+            PYTHONUNBUFFERED="1",
+            MPLBACKEND="Agg",
+        )
 
     # -- running commands ---------------------------------------------------------------------------
     def left(self) -> float:
@@ -78,8 +120,15 @@ class Check:
         """Run ``cmd`` in its own process group for at most ``limit`` s; (exit code or None on timeout, output)."""
         self.log.write(f"\n$ {' '.join(cmd)}   # stage {stage}, limit {limit:.0f} s\n")
         self.log.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env or self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env or self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         try:
             output, _ = proc.communicate(timeout=limit)
             code = proc.returncode
@@ -121,12 +170,14 @@ class Check:
 
     # -- stages ---------------------------------------------------------------------------------------
     def env_info(self, limit: float) -> dict:
-        code = ("import json, platform, torch, importlib.util as u\n"
-                "cuda = torch.cuda.is_available()\n"
-                "print(json.dumps({'python': platform.python_version(), 'torch': torch.__version__,\n"
-                "  'cuda': torch.version.cuda, 'device': torch.cuda.get_device_name(0) if cuda else 'cpu',\n"
-                "  'gpus': torch.cuda.device_count(), 'cpus': __import__('os').cpu_count(),\n"
-                "  'pytest': u.find_spec('pytest') is not None, 'pydicom': u.find_spec('pydicom') is not None}))")
+        code = (
+            "import json, platform, torch, importlib.util as u\n"
+            "cuda = torch.cuda.is_available()\n"
+            "print(json.dumps({'python': platform.python_version(), 'torch': torch.__version__,\n"
+            "  'cuda': torch.version.cuda, 'device': torch.cuda.get_device_name(0) if cuda else 'cpu',\n"
+            "  'gpus': torch.cuda.device_count(), 'cpus': __import__('os').cpu_count(),\n"
+            "  'pytest': u.find_spec('pytest') is not None, 'pydicom': u.find_spec('pydicom') is not None}))"
+        )
         info = json.loads(self.run_or_fail("env", [sys.executable, "-c", code], limit).strip().splitlines()[-1])
         self.summary["env"] = info
         if self.mode == "gpu" and info["device"] == "cpu":
@@ -140,29 +191,59 @@ class Check:
             cmd = [sys.executable, str(Path(__file__).resolve()), "--plain-tests"]
         code, output = self.sh("tests", cmd, limit)
         (self.out / "tests.log").write_text(output)
-        counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", output.splitlines()[-1]
-                                                   if output.strip() else "")}
+        counts = {
+            k: int(n)
+            for n, k in re.findall(
+                r"(\d+) (passed|failed|skipped|errors?)", output.splitlines()[-1] if output.strip() else ""
+            )
+        }
         failed = [line.split(" ", 1)[1] for line in output.splitlines() if line.startswith(("FAILED ", "ERROR "))]
         status = "timeout" if code is None else ("ok" if code == 0 else "failed")
-        return {"status": status, "runner": cmd[2] if cmd[1] == "-m" else "plain", "counts": counts,
-                "failed_tests": failed}
+        return {
+            "status": status,
+            "runner": cmd[2] if cmd[1] == "-m" else "plain",
+            "counts": counts,
+            "failed_tests": failed,
+        }
 
     def phantom(self, limit: float) -> dict:
         c = self.cfg
-        code = ("import json, sys\nfrom medst.data.phantom import synthesize\n"
-                f"s = synthesize(sys.argv[1], n_patients={c['patients']}, image_size={c['image_size']}, seed=0, "
-                f"workers={c['workers']}, progress=False, n_rsna=0, n_covidx=0)\nprint(json.dumps(s['counts']))")
+        code = (
+            "import json, sys\nfrom medst.phantom import synthesize\n"
+            f"s = synthesize(sys.argv[1], n_patients={c['patients']}, image_size={c['image_size']}, seed=0, "
+            f"workers={c['workers']}, progress=False, n_rsna=0, n_covidx=0)\nprint(json.dumps(s['counts']))"
+        )
         t0 = time.monotonic()
-        counts = json.loads(self.run_or_fail("phantom", [sys.executable, "-c", code, str(self.work / "phantom")],
-                                             limit).strip().splitlines()[-1])
+        counts = json.loads(
+            self.run_or_fail("phantom", [sys.executable, "-c", code, str(self.work / "phantom")], limit)
+            .strip()
+            .splitlines()[-1]
+        )
         synth_s = time.monotonic() - t0
-        cmd = [sys.executable, "-m", "medst.cli", "prepare",
-               "--mimic-root", str(self.work / "phantom" / "mimic-cxr-jpg"), "--out", str(self.work / "prepared"), "--cache-size", str(c["cache"]), "--quiet"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "medst.cli",
+            "prepare",
+            "--mimic-root",
+            str(self.work / "phantom" / "mimic-cxr-jpg"),
+            "--out",
+            str(self.work / "prepared"),
+            "--cache-size",
+            str(c["cache"]),
+            "--quiet",
+        ]
         if c["workers"]:
             cmd += ["--workers", str(c["workers"])]
         self.run_or_fail("phantom", cmd, limit - synth_s)
-        return {"patients": c["patients"], "image_size": c["image_size"], "cache_size": c["cache"],
-                "studies": counts["studies"], "images": counts["images"], "synth_seconds": round(synth_s, 1)}
+        return {
+            "patients": c["patients"],
+            "image_size": c["image_size"],
+            "cache_size": c["cache"],
+            "studies": counts["studies"],
+            "images": counts["images"],
+            "synth_seconds": round(synth_s, 1),
+        }
 
     def medst(self, command: str, *args: str) -> list[str]:
         c = self.cfg
@@ -173,9 +254,20 @@ class Check:
 
     def bench(self, limit: float) -> dict:
         c = self.cfg
-        output = self.run_or_fail("bench", self.medst("bench", "--batch-sizes", c["sizes"], "--steps",
-                                                      str(c["bench_steps"]), "--data", str(self.work / "prepared"),
-                                                      "--json"), limit)
+        output = self.run_or_fail(
+            "bench",
+            self.medst(
+                "bench",
+                "--batch-sizes",
+                c["sizes"],
+                "--steps",
+                str(c["bench_steps"]),
+                "--data",
+                str(self.work / "prepared"),
+                "--json",
+            ),
+            limit,
+        )
         result = json.loads(output.strip().splitlines()[-1])
         self.summary["bench"] = result
         self.write_bench()
@@ -184,9 +276,20 @@ class Check:
     def compile_bench(self, limit: float) -> dict:
         if not self.cfg["compile_size"]:
             raise StageError("skipped", "not in a dry run (inductor on a CPU takes minutes)")
-        output = self.run_or_fail("compile", self.medst("bench", "--batch-sizes", self.cfg["compile_size"], "--steps",
-                                                        str(self.cfg["bench_steps"]), "--json", "--set",
-                                                        "train.compile=true"), limit)
+        output = self.run_or_fail(
+            "compile",
+            self.medst(
+                "bench",
+                "--batch-sizes",
+                self.cfg["compile_size"],
+                "--steps",
+                str(self.cfg["bench_steps"]),
+                "--json",
+                "--set",
+                "train.compile=true",
+            ),
+            limit,
+        )
         result = json.loads(output.strip().splitlines()[-1])
         self.summary["compile"] = result
         self.write_bench()
@@ -196,9 +299,19 @@ class Check:
         c = self.cfg
         run = self.work / "run"
         shutil.rmtree(run, ignore_errors=True)
-        cmd = self.medst("pretrain", "--data", str(self.work / "prepared"), "--out", str(run),
-                         "--set", f"train.steps={c['run_steps']}", "--set", f"train.log_every={c['log_every']}",
-                         "--set", "train.checkpoint_every=1000000")
+        cmd = self.medst(
+            "pretrain",
+            "--data",
+            str(self.work / "prepared"),
+            "--out",
+            str(run),
+            "--set",
+            f"train.steps={c['run_steps']}",
+            "--set",
+            f"train.log_every={c['log_every']}",
+            "--set",
+            "train.checkpoint_every=1000000",
+        )
         code, output = self.sh("run", cmd, limit)
         metrics = run / "metrics.csv"
         if not metrics.exists():
@@ -209,8 +322,10 @@ class Check:
         self.summary["run"] = result
         plot_losses(rows, self.out / "loss.png", f"{c['profile']} profile on the phantom")
         if code != 0:  # what was logged is kept; the stage still failed
-            raise StageError("timeout" if code is None else "failed", f"stopped at step {result['last_step']} of "
-                             f"{c['run_steps']}; last output:\n{output[-1500:]}")
+            raise StageError(
+                "timeout" if code is None else "failed",
+                f"stopped at step {result['last_step']} of {c['run_steps']}; last output:\n{output[-1500:]}",
+            )
         return {"steps": result["last_step"], "loss_first": result["loss_first"], "loss_last": result["loss_last"]}
 
     # -- reports --------------------------------------------------------------------------------------
@@ -237,14 +352,19 @@ def summarise_run(rows: list[dict], steps: int) -> dict:
     k = max(1, len(rows) // 5)
     speed = [r["pairs_per_s"] for r in rows[1:]] or [rows[0]["pairs_per_s"]]  # the first interval holds start-up
     ms = [r["seconds"] * 1e3 for r in rows[1:]] or [rows[0]["seconds"] * 1e3]
-    return {"logged_rows": len(rows), "last_step": int(rows[-1]["step"]), "steps_asked": steps,
-            "loss_first": round(statistics.median(r["loss"] for r in rows[:k]), 4),
-            "loss_last": round(statistics.median(r["loss"] for r in rows[-k:]), 4),
-            "all_finite": all(math.isfinite(r["loss"]) for r in rows),
-            "pairs_per_s_median": round(statistics.median(speed), 2),
-            "ms_per_step_median": round(statistics.median(ms), 2),
-            "terms_last": {t: round(rows[-1][t], 4) for t in ("global", "local", "temporal", "fmc", "rmr")
-                           if t in rows[-1]}}
+    return {
+        "logged_rows": len(rows),
+        "last_step": int(rows[-1]["step"]),
+        "steps_asked": steps,
+        "loss_first": round(statistics.median(r["loss"] for r in rows[:k]), 4),
+        "loss_last": round(statistics.median(r["loss"] for r in rows[-k:]), 4),
+        "all_finite": all(math.isfinite(r["loss"]) for r in rows),
+        "pairs_per_s_median": round(statistics.median(speed), 2),
+        "ms_per_step_median": round(statistics.median(ms), 2),
+        "terms_last": {
+            t: round(rows[-1][t], 4) for t in ("global", "local", "temporal", "fmc", "rmr") if t in rows[-1]
+        },
+    }
 
 
 def plot_losses(rows: list[dict], path: Path, title: str) -> None:
@@ -269,41 +389,61 @@ def plot_losses(rows: list[dict], path: Path, title: str) -> None:
 
 def markdown(s: dict) -> str:
     env = s.get("env", {})
-    lines = [f"# GPU check of the `{s['profile']}` profile{' (dry run, tiny shapes)' if s['dry_run'] else ''}", "",
-             f"{env.get('device', '?')}, torch {env.get('torch', '?')} (CUDA {env.get('cuda')}), Python "
-             f"{env.get('python', '?')}, {env.get('cpus', '?')} CPUs; started {s['started']}, "
-             f"{s.get('elapsed_s', 0)} s of a {s['budget_s']:.0f} s budget.", "",
-             "| stage | status | seconds | detail |", "|---|---|---|---|"]
+    lines = [
+        f"# GPU check of the `{s['profile']}` profile{' (dry run, tiny shapes)' if s['dry_run'] else ''}",
+        "",
+        f"{env.get('device', '?')}, torch {env.get('torch', '?')} (CUDA {env.get('cuda')}), Python "
+        f"{env.get('python', '?')}, {env.get('cpus', '?')} CPUs; started {s['started']}, "
+        f"{s.get('elapsed_s', 0)} s of a {s['budget_s']:.0f} s budget.",
+        "",
+        "| stage | status | seconds | detail |",
+        "|---|---|---|---|",
+    ]
     for name, r in s["stages"].items():
         detail = {k: v for k, v in r.items() if k not in ("status", "seconds", "detail")}
         note = r.get("detail", "").strip().splitlines()[-1:] if r["status"] != "ok" else []
-        lines.append(f"| {name} | {r['status']} | {r.get('seconds', '')} | "
-                     f"{json.dumps(detail) if detail else ''} {' '.join(note)[:200].replace('|', '/')} |")
+        lines.append(
+            f"| {name} | {r['status']} | {r.get('seconds', '')} | "
+            f"{json.dumps(detail) if detail else ''} {' '.join(note)[:200].replace('|', '/')} |"
+        )
     bench = s.get("bench")
     if bench:
-        lines += ["", f"## `medst bench --profile {s['profile']}` ({bench['precision']}, compile {bench['compile']}, "
-                      f"group bucket {bench.get('group_bucket')})", "",
-                  "| sequences/batch | pairs/step | ms/step | pairs/s | TFLOP/s | MFU | peak GB |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## `medst bench --profile {s['profile']}` ({bench['precision']}, compile {bench['compile']}, "
+            f"group bucket {bench.get('group_bucket')})",
+            "",
+            "| sequences/batch | pairs/step | ms/step | pairs/s | TFLOP/s | MFU | peak GB |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in bench["tried"] + ([s["compile"]] if s.get("compile") else []):
             if "error" in r:
                 lines.append(f"| {r['sequences_per_batch']} | | | {r['error']} | | | |")
                 continue
             tag = " (compiled)" if r is s.get("compile") else ""
-            lines.append(f"| {r['sequences_per_batch']}{tag} | {r['pairs_per_step']} | {r['ms_per_step']} | "
-                         f"{r['pairs_per_s']} | {r['tflops_per_s']} | {r['mfu']} | {r['peak_memory_gb']} |")
+            lines.append(
+                f"| {r['sequences_per_batch']}{tag} | {r['pairs_per_step']} | {r['ms_per_step']} | "
+                f"{r['pairs_per_s']} | {r['tflops_per_s']} | {r['mfu']} | {r['peak_memory_gb']} |"
+            )
         if "loader_images_per_s" in bench:
-            lines += ["", f"Loader on the phantom's resized cache ({bench['loader_batches']} batches at the profile's "
-                          f"workers): {bench['loader_images_per_s']} images/s, {bench['loader_pairs_per_s']} pairs/s; "
-                          f"loader-to-model ratio **{bench['loader_to_model_ratio']}** at the best batch size "
-                          f"(target >= 1.5)."]
+            lines += [
+                "",
+                f"Loader on the phantom's resized cache ({bench['loader_batches']} batches at the profile's "
+                f"workers): {bench['loader_images_per_s']} images/s, {bench['loader_pairs_per_s']} pairs/s; "
+                f"loader-to-model ratio **{bench['loader_to_model_ratio']}** at the best batch size "
+                f"(target >= 1.5).",
+            ]
     run = s.get("run")
     if run:
-        lines += ["", "## Short training run", "",
-                  f"{run['last_step']} of {run.get('steps_asked')} steps, {run['logged_rows']} logged rows; loss "
-                  f"{run['loss_first']} -> {run['loss_last']} (medians of the first and last fifth), all finite: "
-                  f"{run.get('all_finite')}; {run.get('pairs_per_s_median')} pairs/s, "
-                  f"{run.get('ms_per_step_median')} ms/step (medians between log steps). Curve: loss.png."]
+        lines += [
+            "",
+            "## Short training run",
+            "",
+            f"{run['last_step']} of {run.get('steps_asked')} steps, {run['logged_rows']} logged rows; loss "
+            f"{run['loss_first']} -> {run['loss_last']} (medians of the first and last fifth), all finite: "
+            f"{run.get('all_finite')}; {run.get('pairs_per_s_median')} pairs/s, "
+            f"{run.get('ms_per_step_median')} ms/step (medians between log steps). Curve: loss.png.",
+        ]
     tests = s["stages"].get("tests", {})
     if tests.get("failed_tests"):
         lines += ["", "## Failed tests", ""] + [f"- {t}" for t in tests["failed_tests"]]
@@ -343,8 +483,12 @@ def plain_tests() -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on a CPU: checks the check itself")
-    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "benchmarks/results/gpu-check"),
-                   help="folder for the results (default: $OUT, else benchmarks/results/gpu-check)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(os.environ.get("OUT") or ROOT / "benchmarks/results/gpu-check"),
+        help="folder for the results (default: $OUT, else benchmarks/results/gpu-check)",
+    )
     p.add_argument("--work", type=Path, default=None, help="folder for the phantom and the run (default: temporary)")
     p.add_argument("--budget", type=float, default=None, help="seconds for all stages (default 480; dry run 150)")
     p.add_argument("--plain-tests", action="store_true", help=argparse.SUPPRESS)
@@ -371,8 +515,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(f"[gpu-check] results in {a.out}: " + ", ".join(sorted(f.name for f in a.out.iterdir())))
     # The compile bench is a bonus: running out of time there is reported but fails nothing.
-    return 0 if all(r["status"] in ("ok", "skipped") or (name == "compile" and r["status"] in ("timeout", "no time"))
-                    for name, r in check.summary["stages"].items()) else 1
+    return (
+        0
+        if all(
+            r["status"] in ("ok", "skipped") or (name == "compile" and r["status"] in ("timeout", "no time"))
+            for name, r in check.summary["stages"].items()
+        )
+        else 1
+    )
 
 
 if __name__ == "__main__":

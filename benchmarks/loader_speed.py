@@ -7,6 +7,7 @@
 Prints one JSON object: machine, settings, the time ``prepare`` took, and for each (cache, workers) pair the
 loader's throughput in images (frontal + lateral) and studies per second after one warm-up batch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,28 +19,45 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from medst.data.dataset import make_loader  # noqa: E402
+from medst.config import Config  # noqa: E402
+from medst.data.dataset import loader_from_config  # noqa: E402
 from medst.data.images import cache_side  # noqa: E402
 from medst.data.mimic import prepare  # noqa: E402
+from medst.models.text import train_wordpiece_tokenizer  # noqa: E402
+from medst.phantom import synthesize  # noqa: E402
 
 
 def tokenizer_for(prepared: Path):
-    import pandas as pd
-
-    from medst.models.text import train_wordpiece_tokenizer
-
     texts = pd.read_csv(prepared / "studies.csv", keep_default_na=False)["text"].tolist()
     return train_wordpiece_tokenizer(texts, vocab_size=1000)
 
 
+def loader_config(args) -> Config:
+    """The default configuration at the command line's batch shape and image size."""
+    return Config().override(
+        f"data.image_size={args.image_size}",
+        f"data.max_length={args.max_length}",
+        f"train.sequences_per_batch={args.sequences}",
+        f"train.singles_per_batch={args.singles}",
+    )
+
+
 def time_loader(prepared: Path, tokenizer, *, use_cache: bool, workers: int, args) -> dict:
-    loader = make_loader(prepared, tokenizer, split="train", image_size=args.image_size,
-                         sequences_per_batch=args.sequences, singles_per_batch=args.singles, train=True,
-                         num_workers=workers, use_cache=use_cache, max_length=args.max_length, drop_last=False)
+    loader = loader_from_config(
+        loader_config(args),
+        prepared,
+        tokenizer,
+        split="train",
+        train=True,
+        num_workers=workers,
+        use_cache=use_cache,
+        drop_last=False,
+    )
     it = iter(loader)
     next(it)  # warm-up: worker start, first page faults
     images = studies = batches = 0
@@ -52,9 +70,15 @@ def time_loader(prepared: Path, tokenizer, *, use_cache: bool, workers: int, arg
             break
     seconds = time.perf_counter() - start
     del it, loader
-    return {"cache": use_cache, "workers": workers, "batches": batches, "images": images, "seconds": round(seconds, 3),
-            "images_per_s": round(images / seconds, 1) if seconds else None,
-            "studies_per_s": round(studies / seconds, 1) if seconds else None}
+    return {
+        "cache": use_cache,
+        "workers": workers,
+        "batches": batches,
+        "images": images,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images / seconds, 1) if seconds else None,
+        "studies_per_s": round(studies / seconds, 1) if seconds else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,27 +98,33 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // 2))
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="medst-loader-bench-"))
-    report: dict = {"benchmark": "loader_speed", "machine": {
-        "cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__}, "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                                  for k, v in vars(args).items()}}
+    report: dict = {
+        "benchmark": "loader_speed",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
     prepared = args.prepared
     if prepared is None:
         root = args.mimic_root
         if root is None:
-            from medst.data.phantom import synthesize
-
             t = time.perf_counter()
-            synthesize(work / "phantom", n_patients=args.patients, image_size=args.phantom_size, seed=0,
-                       progress=False)
+            synthesize(work / "phantom", n_patients=args.patients, image_size=args.phantom_size, seed=0, progress=False)
             report["synthesize_s"] = round(time.perf_counter() - t, 2)
             root = work / "phantom" / "mimic-cxr-jpg"
         prepared = work / "prepared"
         t = time.perf_counter()
         summary = prepare(root, prepared, cache_size=cache_side(args.image_size), progress=False)
         report["prepare_s"] = round(time.perf_counter() - t, 2)
-        report["prepared"] = {"studies": summary.studies_usable, "images": summary.images_used,
-                              "sequences": summary.sequences_per_split}
+        report["prepared"] = {
+            "studies": summary.studies_usable,
+            "images": summary.images_used,
+            "sequences": summary.sequences_per_split,
+        }
     tokenizer = tokenizer_for(prepared)
     results = []
     for workers in [int(w) for w in args.workers.split(",") if w.strip()]:
@@ -102,8 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
             results.append(time_loader(prepared, tokenizer, use_cache=use_cache, workers=workers, args=args))
     report["results"] = results
     by = {(r["cache"], r["workers"]): r["images_per_s"] for r in results}
-    report["cache_speedup"] = {str(w): round(by[(True, w)] / by[(False, w)], 2)
-                               for (c, w) in by if c and by.get((False, w))}
+    report["cache_speedup"] = {
+        str(w): round(by[(True, w)] / by[(False, w)], 2) for (c, w) in by if c and by.get((False, w))
+    }
     print(json.dumps(report, indent=2))
     return report
 

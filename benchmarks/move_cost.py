@@ -11,6 +11,7 @@ Prints one JSON line. Examples:
     python benchmarks/move_cost.py --tiny                  # seconds, for a quick check
     python benchmarks/move_cost.py --device cuda --batch 64 --amp
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,25 +90,29 @@ def main() -> None:
     )
     skip_s, zero_s = statistics.median(skip), statistics.median(zero)
     n = model.num_patches
-    print(json.dumps({
-        "benchmark": "move_cost",
-        "model": args.model if not args.tiny else "tiny",
-        "img_size": size,
-        "batch": B,
-        "with_lateral": int(has.sum()),
-        "tokens_skip": int(has.sum()) * (1 + 2 * n) + int((~has).sum()) * (1 + n),
-        "tokens_zero": B * (1 + 2 * n),
-        "skip_ms": round(skip_s * 1e3, 1),
-        "zero_ms": round(zero_s * 1e3, 1),
-        "ratio_skip_over_zero": round(skip_s / zero_s, 3),
-        "best_ratio": round(min(skip) / min(zero), 3),
-        "steps": args.steps,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "amp": args.amp,
-        "torch": torch.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "move_cost",
+                "model": args.model if not args.tiny else "tiny",
+                "img_size": size,
+                "batch": B,
+                "with_lateral": int(has.sum()),
+                "tokens_skip": int(has.sum()) * (1 + 2 * n) + int((~has).sum()) * (1 + n),
+                "tokens_zero": B * (1 + 2 * n),
+                "skip_ms": round(skip_s * 1e3, 1),
+                "zero_ms": round(zero_s * 1e3, 1),
+                "ratio_skip_over_zero": round(skip_s / zero_s, 3),
+                "best_ratio": round(min(skip) / min(zero), 3),
+                "steps": args.steps,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+                "amp": args.amp,
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

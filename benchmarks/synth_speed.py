@@ -4,6 +4,7 @@ Prints one JSON line: patients, images (MIMIC part + RSNA + COVIDx), wall second
 machine's 1-minute load average before and after (other work on a shared machine slows the run down) and,
 when psutil is installed, the CPU seconds used by this process and its workers together.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import tempfile
 import threading
 import time
 
-from medst.data.phantom import synthesize
+from medst.phantom import synthesize
 
 
 class CpuMeter:
@@ -40,7 +41,7 @@ class CpuMeter:
         while not self.stop.wait(self.period):
             self._sample()
 
-    def __enter__(self) -> "CpuMeter":
+    def __enter__(self) -> CpuMeter:
         self._sample()
         self.start = sum(self.seen.values())
         self.thread.start()
@@ -74,17 +75,26 @@ def main() -> None:
         start = time.perf_counter()
         if meter is not None:
             meter.__enter__()
-        summary = synthesize(out, n_patients=a.patients, image_size=a.image_size, seed=a.seed, workers=a.workers,
-                             progress=False)
+        summary = synthesize(
+            out, n_patients=a.patients, image_size=a.image_size, seed=a.seed, workers=a.workers, progress=False
+        )
         seconds = time.perf_counter() - start
         if meter is not None:
             meter.__exit__(None, None, None)
     c = summary["counts"]
     images = c["images"] + c["rsna_images"] + c["covidx_train"] + c["covidx_test"]
-    result = {"patients": a.patients, "image_size": a.image_size, "studies": c["studies"], "images": images,
-              "seconds": round(seconds, 2), "images_per_s": round(images / seconds, 1),
-              "workers": a.workers or os.cpu_count(), "cpu_count": os.cpu_count(),
-              "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2)}
+    result = {
+        "patients": a.patients,
+        "image_size": a.image_size,
+        "studies": c["studies"],
+        "images": images,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(images / seconds, 1),
+        "workers": a.workers or os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_before": round(load_before, 2),
+        "load_avg_after": round(os.getloadavg()[0], 2),
+    }
     if meter is not None:
         result["cpu_seconds"] = round(meter.seconds, 1)
     print(json.dumps(result))

@@ -11,6 +11,7 @@ implementation walks over S; the batched form is
 Prints one JSON object: median milliseconds per forward + backward of both
 forms, their ratio and the largest difference of loss and gradients.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ from medst.losses import temporal_loss
 
 def looped_temporal_loss(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Per-sequence loop: u, v [S, L, d] -> scalar, equal to ``temporal_loss(u, v)``."""
-    return torch.stack([temporal_loss(u[i:i + 1], v[i:i + 1]) for i in range(u.shape[0])]).mean()
+    return torch.stack([temporal_loss(u[i : i + 1], v[i : i + 1]) for i in range(u.shape[0])]).mean()
 
 
 def step(loss_fn, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -78,15 +79,25 @@ def main() -> None:
 
     t_batched = statistics.median(timed(temporal_loss, u, v, args.repeats, args.warmup, "batched"))
     t_looped = statistics.median(timed(looped_temporal_loss, u, v, args.repeats, args.warmup, "loop"))
-    print(json.dumps({
-        "benchmark": "temporal_loss forward+backward",
-        "S": args.sequences, "L": args.steps, "d": args.dim,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
-        "batched_ms": round(t_batched, 3), "loop_ms": round(t_looped, 3),
-        "speedup": round(t_looped / t_batched, 2),
-        "max_abs_diff": max_diff,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "temporal_loss forward+backward",
+                "S": args.sequences,
+                "L": args.steps,
+                "d": args.dim,
+                "device": torch.cuda.get_device_name(device)
+                if device.type == "cuda"
+                else platform.processor() or "cpu",
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "batched_ms": round(t_batched, 3),
+                "loop_ms": round(t_looped, 3),
+                "speedup": round(t_looped / t_batched, 2),
+                "max_abs_diff": max_diff,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

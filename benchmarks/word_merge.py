@@ -7,6 +7,7 @@ reads the ids once as a Python list. Both are checked to give the same words.
 Prints one JSON line. Example:
     python benchmarks/word_merge.py --reports 64 --tokens 112 --dim 768
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,32 +108,39 @@ def main() -> None:
 
     ids, attention, continuation = synthetic_batch(args.reports, args.tokens, args.vocab, seed=0)
     hidden = torch.randn(args.reports, args.tokens, args.dim)
-    id_to_token = {i: ("##p%d" % i if c else "w%d" % i) for i, c in enumerate(continuation.tolist())}
+    id_to_token = {i: (f"##p{i}" if c else f"w{i}") for i, c in enumerate(continuation.tolist())}
     id_to_token.update({PAD: "[PAD]", CLS: "[CLS]", SEP: "[SEP]"})
     with torch.no_grad():
         words, mask = merge_word_pieces(hidden, ids, continuation, SEP, attention)
-        for loop in (lambda: loop_merge(hidden, ids, continuation), lambda: loop_merge_tokens(hidden, ids, id_to_token)):
+        for loop in (
+            lambda: loop_merge(hidden, ids, continuation),
+            lambda: loop_merge_tokens(hidden, ids, id_to_token),
+        ):
             ref_words, ref_mask = loop()
             assert torch.equal(mask, ref_mask) and torch.allclose(words, ref_words, atol=1e-4), "merge mismatch"
         tensor_s = best_of(lambda: merge_word_pieces(hidden, ids, continuation, SEP, attention), args.repeats * 4)
         lean_s = best_of(lambda: loop_merge(hidden, ids, continuation), args.repeats)
         token_s = best_of(lambda: loop_merge_tokens(hidden, ids, id_to_token), args.repeats)
-    print(json.dumps({
-        "benchmark": "word_merge",
-        "reports": args.reports,
-        "tokens": args.tokens,
-        "dim": args.dim,
-        "words": int(mask.sum()),
-        "tensor_ms": round(tensor_s * 1e3, 3),
-        "loop_ms": round(token_s * 1e3, 3),
-        "speedup": round(token_s / tensor_s, 1),
-        "lean_loop_ms": round(lean_s * 1e3, 3),
-        "speedup_vs_lean_loop": round(lean_s / tensor_s, 1),
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "word_merge",
+                "reports": args.reports,
+                "tokens": args.tokens,
+                "dim": args.dim,
+                "words": int(mask.sum()),
+                "tensor_ms": round(tensor_s * 1e3, 3),
+                "loop_ms": round(token_s * 1e3, 3),
+                "speedup": round(token_s / tensor_s, 1),
+                "lean_loop_ms": round(lean_s * 1e3, 3),
+                "speedup_vs_lean_loop": round(lean_s / tensor_s, 1),
+                "device": "cpu",
+                "threads": torch.get_num_threads(),
+                "cpu": platform.processor() or platform.machine(),
+                "torch": torch.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ before it, which in a training step idles the GPU. A check on a CPU tensor costs
 details; on an accelerator it is asserted on the device instead (``torch._assert_async``: the host goes on, and a
 failed check stops the process when the device reaches it). Inside ``torch.compile`` the checks are left out.
 """
+
 from __future__ import annotations
 
 import torch

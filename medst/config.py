@@ -6,6 +6,7 @@ can be overridden with dotted keys, e.g. ``train.steps=200`` or ``model.vision.l
 
 The defaults below are the published Med-ST settings (Method §7); the profiles only change scale.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,14 +23,14 @@ PROFILES = ("ci", "cpu", "gpu")
 
 @dataclass
 class DataConfig:
-    patients: int = 2000          # phantom patients (``medst synth --patients``)
-    phantom_size: int = 128       # side of the phantom's stored images in pixels
-    image_size: int = 224         # model input: crop size after resize-and-pad (Method §1)
-    sequence_length: int = 4      # L: studies per temporal sequence
-    max_length: int = 112         # text tokens including [CLS] and [SEP]
-    num_workers: int = 0          # DataLoader workers
-    use_cache: bool = True        # read the resized cache written by ``medst prepare``
-    augment: bool = True          # random crops for training (False: centre crops, e.g. to compare runs exactly)
+    patients: int = 2000  # phantom patients (``medst synth --patients``)
+    phantom_size: int = 128  # side of the phantom's stored images in pixels
+    image_size: int = 224  # model input: crop size after resize-and-pad (Method §1)
+    sequence_length: int = 4  # L: studies per temporal sequence
+    max_length: int = 112  # text tokens including [CLS] and [SEP]
+    num_workers: int = 0  # DataLoader workers
+    use_cache: bool = True  # read the resized cache written by ``medst prepare``
+    augment: bool = True  # random crops for training (False: centre crops, e.g. to compare runs exactly)
 
     @property
     def cache_size(self) -> int:
@@ -39,74 +40,75 @@ class DataConfig:
 
 @dataclass
 class VisionConfig:
-    name: str = "vit_base_patch16_224"   # timm model name
-    pretrained: bool = False             # fetch ImageNet weights through timm (online only)
-    checkpoint: str | None = None        # local weights file for the ViT
-    lateral_init: str = "random"         # "random" (published) or "frontal" (copy the frontal expert)
-    experts: str = "move"                # "move" (published: frontal + lateral FFN experts) or "shared"
-                                         # (both views through one shared FFN: the ablation baseline, chapter 4)
+    name: str = "vit_base_patch16_224"  # timm model name
+    pretrained: bool = False  # fetch ImageNet weights through timm (online only)
+    checkpoint: str | None = None  # local weights file for the ViT
+    lateral_init: str = "random"  # "random" (published) or "frontal" (copy the frontal expert)
+    experts: str = "move"  # "move" (published: frontal + lateral FFN experts) or "shared"
+    # (both views through one shared FFN: the ablation baseline, chapter 4)
     kwargs: dict[str, Any] = field(default_factory=dict)  # timm overrides: img_size, patch_size, depth, ...
-    init_from: str | None = None         # MGCA / Med-ST checkpoint (.ckpt or converted run folder): start the ViT and
-                                         # the image heads from it; lateral experts as lateral_init (medst/convert.py)
+    init_from: str | None = None  # MGCA / Med-ST checkpoint (.ckpt or converted run folder): start the ViT and
+    # the image heads from it; lateral experts as lateral_init
+    # (medst/models/pretrained.py)
 
 
 @dataclass
 class TextConfig:
-    kind: str = "hf"                     # "hf" (name or local dir), "minilm" (offline package), "tiny" (trained here)
+    kind: str = "hf"  # "hf" (name or local dir), "minilm" (offline package), "tiny" (trained here)
     name: str = "emilyalsentzer/Bio_ClinicalBERT"
-    vocab_size: int = 4000               # "tiny": WordPiece vocabulary trained on the corpus
-    hidden_size: int = 768               # "tiny": BERT width ...
+    vocab_size: int = 4000  # "tiny": WordPiece vocabulary trained on the corpus
+    hidden_size: int = 768  # "tiny": BERT width ...
     num_layers: int = 6
     num_heads: int = 12
     intermediate_size: int = 3072
-    dropout: float = 0.1                 # dropout inside the text tower
-    pool: str = "auto"                   # global report feature: "cls" (paper), "mean", or "auto" (cls for "hf" only)
-    position_ids: str = "real"           # "real" (0, 1, 2, ...) or "zeros": every position id 0, as the released
-                                         # Med-ST and MGCA text towers were trained (medst/convert.py)
-    lowercase: bool | None = None        # tokenizer lower-casing; None: as the tokenizer ships
-    max_positions: int | None = None     # BERT position table of a tower built from sizes; None: max(max_length, 128)
-    init_from: str | None = None         # MGCA / Med-ST checkpoint (.ckpt or converted run folder): a BERT of its
-                                         # sizes, started from its weights, with its text heads
+    dropout: float = 0.1  # dropout inside the text tower
+    pool: str = "auto"  # global report feature: "cls" (paper), "mean", or "auto" (cls for "hf" only)
+    position_ids: str = "real"  # "real" (0, 1, 2, ...) or "zeros": every position id 0, as the released
+    # Med-ST and MGCA text towers were trained (medst/models/pretrained.py)
+    lowercase: bool | None = None  # tokenizer lower-casing; None: as the tokenizer ships
+    max_positions: int | None = None  # BERT position table of a tower built from sizes; None: max(max_length, 128)
+    init_from: str | None = None  # MGCA / Med-ST checkpoint (.ckpt or converted run folder): a BERT of its
+    # sizes, started from its weights, with its text heads
 
 
 @dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    embed_dim: int = 128                 # d: size of the joint embedding space
-    head_hidden: int = 2048              # hidden width of the projection heads
+    embed_dim: int = 128  # d: size of the joint embedding space
+    head_hidden: int = 2048  # hidden width of the projection heads
 
 
 @dataclass
 class LossConfig:
-    global_weight: float = 1.0           # λ1
-    local_weight: float = 1.0            # λ2
-    temporal_weight: float = 1.0         # λ3
-    global_temperature: float = 0.07     # τ
-    local_temperature: float = 0.1       # τ_l
-    temporal_temperature: float = 0.1    # T
-    similarity: str = "l2"               # temporal similarity: "l2" or "cosine"
+    global_weight: float = 1.0  # λ1
+    local_weight: float = 1.0  # λ2
+    temporal_weight: float = 1.0  # λ3
+    global_temperature: float = 0.07  # τ
+    local_temperature: float = 0.1  # τ_l
+    temporal_temperature: float = 0.1  # T
+    similarity: str = "l2"  # temporal similarity: "l2" or "cosine"
     variance_lambda: float = 1e-3
     huber_delta: float = 2.0
-    fmc: bool = True                     # temporal terms, switchable for ablations
+    fmc: bool = True  # temporal terms, switchable for ablations
     rmr: bool = True
-    mask_words: bool = True              # False: published unmasked word side
-    local_weighting: str = "detached"    # token weights ω: "learned" (published; collapses), "detached", "uniform"
+    mask_words: bool = True  # False: published unmasked word side
+    local_weighting: str = "detached"  # token weights ω: "learned" (published; collapses), "detached", "uniform"
 
 
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    sequences_per_batch: int = 10        # S per process
-    singles_per_batch: int = 0           # single studies after the sequences
+    sequences_per_batch: int = 10  # S per process
+    singles_per_batch: int = 0  # single studies after the sequences
     lr: float = 4e-5
     weight_decay: float = 0.05
-    warmup_ratio: float = 0.4            # linear warm-up over the first 40 % of steps
+    warmup_ratio: float = 0.4  # linear warm-up over the first 40 % of steps
     grad_clip: float = 1.0
     accumulation: int = 1
-    precision: str = "fp32"              # "fp32" or "bf16" (autocast, GPU)
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast, GPU)
     compile: bool = False
-    group_bucket: int = 0                # > 0: pad MoVE's view groups to multiples of this (static shapes)
+    group_bucket: int = 0  # > 0: pad MoVE's view groups to multiples of this (static shapes)
     checkpoint_every: int = 200
     log_every: int = 10
     seed: int = 0
@@ -126,7 +128,7 @@ class Config:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
-    def override(self, *assignments: str) -> "Config":
+    def override(self, *assignments: str) -> Config:
         """Return a copy with ``section.key=value`` assignments applied (values parsed as YAML)."""
         data = self.to_dict()
         for item in assignments:
@@ -145,7 +147,7 @@ class Config:
         return Config.from_dict(data)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Config":
+    def from_dict(cls, data: dict[str, Any]) -> Config:
         def build(kind, values):
             fields = {f.name: f for f in dataclasses.fields(kind)}
             unknown = set(values) - set(fields)
@@ -179,6 +181,39 @@ _SECTIONS = {
     (ModelConfig, "vision"): VisionConfig,
     (ModelConfig, "text"): TextConfig,
 }
+
+
+def normalized(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict (``config.json``, a checkpoint's config) with every key it lacks set to its default.
+
+    A run written before a key existed was trained with that key's default, so a missing key counts as the
+    default. Keys the defaults do not know are kept, so that comparing two configs shows them; ``kwargs`` dicts
+    are values, not sections (a saved ``kwargs`` is kept whole).
+    """
+    return _fill(saved, Config().to_dict())
+
+
+def _fill(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    out = dict(saved)
+    for key, default in defaults.items():
+        if key not in out:
+            out[key] = default
+        elif isinstance(default, dict) and isinstance(out[key], dict) and key != "kwargs":
+            out[key] = _fill(out[key], default)
+    return out
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as dotted keys (``{"train": {"steps": 5}}`` -> ``{"train.steps": 5}``); ``kwargs`` dicts
+    stay whole values."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "kwargs":
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
 
 
 def load_profile(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:

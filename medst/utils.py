@@ -3,12 +3,13 @@
 This module sits at the bottom of the import graph (with :mod:`medst.config` and :mod:`medst.checks`): it
 imports nothing from ``medst``.
 """
+
 from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -49,5 +50,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 
 def is_distributed() -> bool:
     """True inside a process group of more than one process (``torchrun``)."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized() \
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
         and torch.distributed.get_world_size() > 1
+    )

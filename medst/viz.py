@@ -3,6 +3,7 @@
 Each function draws on matplotlib axes it creates (or is given) and returns the figure, so a chapter can
 show it inline and a script can save it.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -15,8 +16,14 @@ from matplotlib.patches import Rectangle
 
 from medst.data.images import read_image
 
-FINDING_COLOURS = {"pleural_effusion": "tab:blue", "consolidation": "tab:orange", "edema": "tab:green",
-                   "pneumothorax": "tab:red", "pneumonia": "tab:purple", "cardiomegaly": "tab:brown"}
+FINDING_COLOURS = {
+    "pleural_effusion": "tab:blue",
+    "consolidation": "tab:orange",
+    "edema": "tab:green",
+    "pneumothorax": "tab:red",
+    "pneumonia": "tab:purple",
+    "cardiomegaly": "tab:brown",
+}
 
 
 def _mimic_path(root: Path, subject_id: int, study_id: int, dicom_id: str) -> Path:
@@ -27,8 +34,11 @@ def draw_boxes(ax, boxes: pd.DataFrame, lw: float = 1.5) -> None:
     """Draw lesion boxes (columns finding, x_min, y_min, x_max, y_max) on image axes, coloured by finding."""
     for box in boxes.itertuples():
         colour = FINDING_COLOURS.get(box.finding, "yellow")
-        ax.add_patch(Rectangle((box.x_min, box.y_min), box.x_max - box.x_min, box.y_max - box.y_min,
-                               fill=False, ec=colour, lw=lw))
+        ax.add_patch(
+            Rectangle(
+                (box.x_min, box.y_min), box.x_max - box.x_min, box.y_max - box.y_min, fill=False, ec=colour, lw=lw
+            )
+        )
 
 
 def plot_patient(phantom_dir: str | Path, subject_id: int, *, show_boxes: bool = True, report_width: int = 38):
@@ -44,8 +54,7 @@ def plot_patient(phantom_dir: str | Path, subject_id: int, *, show_boxes: bool =
     if mine.empty:
         raise ValueError(f"subject {subject_id} is not in {phantom_dir / 'ground_truth' / 'studies.csv'}")
     n = len(mine)
-    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 8.2), gridspec_kw={"height_ratios": [1, 1, 1.25]},
-                             squeeze=False)
+    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 8.2), gridspec_kw={"height_ratios": [1, 1, 1.25]}, squeeze=False)
     for col, st in enumerate(mine.itertuples()):
         for row, view in enumerate(("frontal", "lateral")):
             ax = axes[row, col]
@@ -60,8 +69,14 @@ def plot_patient(phantom_dir: str | Path, subject_id: int, *, show_boxes: bool =
                 draw_boxes(ax, boxes[boxes.dicom_id == dicom_id])
             label = getattr(st, f"{view}_view")
             ax.set_title(f"t={st.study_index}  {label}" if row == 0 else label, fontsize=9)
-        report = (root / "mimic-cxr-reports" / "files" / f"p{str(st.subject_id)[:2]}" / f"p{st.subject_id}"
-                  / f"s{st.study_id}.txt").read_text()
+        report = (
+            root
+            / "mimic-cxr-reports"
+            / "files"
+            / f"p{str(st.subject_id)[:2]}"
+            / f"p{st.subject_id}"
+            / f"s{st.study_id}.txt"
+        ).read_text()
         body = report.split("FINDINGS:")[-1] if "FINDINGS:" in report else report.split("IMPRESSION:")[-1]
         text = "\n".join(textwrap.wrap(" ".join(body.split()), report_width)[:14])
         ax = axes[2, col]

@@ -14,6 +14,7 @@ and saves a screenshot of the page. The book is served by Python's ``http.server
 Chromium and chromedriver are the distribution's (``.ci/install-browser.sh``); Selenium drives them
 through the given chromedriver, so nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,31 +26,40 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
 
 CHROMIUM = Path(os.environ.get("MEDST_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("MEDST_CHROMEDRIVER", "/usr/bin/chromedriver"))
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--hide-scrollbars", "--window-size=1280,1600")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--window-size=1280,1600",
+)
 PAGE_TIMEOUT_S = 60
 # Console messages that are no fault of the book: the browser's own favicon request; sphinx-book-theme 1.x
 # and sphinx-thebe 0.3 both declare THEBE_JS_URL (harmless: thebe starts only on a click); pydata-sphinx-theme
 # complains about an unset colour mode in a fresh browser profile and falls back to "auto".
-IGNORED_CONSOLE = ("favicon.ico", "Identifier 'THEBE_JS_URL' has already been declared",
-                   "Got invalid theme mode")
+IGNORED_CONSOLE = ("favicon.ico", "Identifier 'THEBE_JS_URL' has already been declared", "Got invalid theme mode")
 
 
 class ExecutedChapters:
     """The book's chapters, each executed at most once per test session, into one folder.
 
-    ``run(notebook)`` executes a chapter with :func:`medst.book.run_chapter` (profile ``ci``, one shared
+    ``run(notebook)`` executes a chapter with :func:`medst.book.build.run_chapter` (profile ``ci``, one shared
     data folder and working folder) unless this session already did, and returns (output notebook,
-    seconds); a chapter that failed raises its :class:`medst.book.ChapterError` again. ``out`` holds the
-    executed notebooks at their paths relative to the repository, as ``medst.book.html(out, ...)`` expects,
+    seconds); a chapter that failed raises its :class:`medst.book.build.ChapterError` again. ``out`` holds the
+    executed notebooks at their paths relative to the repository, as ``medst.book.build.html(out, ...)`` expects,
     so test_notebooks.py and the browser test share one execution of each chapter.
     """
 
@@ -58,7 +68,7 @@ class ExecutedChapters:
         self._results: dict[Path, object] = {}
 
     def run(self, notebook: Path) -> tuple[Path, float]:
-        from medst.book import ROOT, ChapterError, run_chapter
+        from medst.book.build import ROOT, ChapterError, run_chapter
 
         notebook = Path(notebook).resolve()
         if notebook not in self._results:
@@ -76,12 +86,14 @@ class ExecutedChapters:
         return result  # type: ignore[return-value]
 
 
-def browser_missing() -> Optional[str]:
+def browser_missing() -> str | None:
     """Why the browser check cannot run here, or None when it can."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
-        return (f"{' and '.join(missing)} not found: run .ci/install-browser.sh as root "
-                "(Debian packages chromium and chromium-driver)")
+        return (
+            f"{' and '.join(missing)} not found: run .ci/install-browser.sh as root "
+            "(Debian packages chromium and chromium-driver)"
+        )
     try:
         import selenium  # noqa: F401
     except ImportError:
@@ -89,7 +101,7 @@ def browser_missing() -> Optional[str]:
     return None
 
 
-def mathjax_es5() -> Optional[Path]:
+def mathjax_es5() -> Path | None:
     """MathJax 3's ``es5`` folder as the package django-static-mathjax ships it, or None."""
     import importlib.util
 
@@ -121,7 +133,7 @@ def serve(directory: Path) -> Iterator[str]:
 
 
 @contextmanager
-def chromium() -> Iterator["object"]:
+def chromium() -> Iterator[object]:
     """A headless Chromium driven by Selenium through the local chromedriver, with a fresh profile."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -178,7 +190,8 @@ const done = arguments[arguments.length - 1];
     math: mathElements.length,
     mathRendered: mathElements.filter(el => el.querySelector('mjx-container')).length,
     mathUnrendered: mathElements.filter(el => !el.querySelector('mjx-container')).map(text).slice(0, 3),
-    mathErrors: Array.from(document.querySelectorAll('mjx-merror')).map(el => el.getAttribute('data-mjx-error') || text(el)),
+    mathErrors: Array.from(document.querySelectorAll('mjx-merror'))
+      .map(el => el.getAttribute('data-mjx-error') || text(el)),
     links: hrefs('a[href]'),
     toc: hrefs('.bd-sidebar-primary nav a.reference.internal, nav.bd-docs-nav a.reference.internal'),
     prev: hrefs('.prev-next-area a.left-prev'),
@@ -198,12 +211,14 @@ class PageReport:
     images: int = 0
     math: int = 0
     links: int = 0
-    screenshot: Optional[Path] = None
+    screenshot: Path | None = None
 
     def summary(self) -> str:
         state = "ok" if not self.problems else f"{len(self.problems)} problem(s)"
-        return (f"{self.page}: {state}; {self.images} image(s), {self.math} math element(s), "
-                f"{self.links} internal link(s); screenshot {self.screenshot}")
+        return (
+            f"{self.page}: {state}; {self.images} image(s), {self.math} math element(s), "
+            f"{self.links} internal link(s); screenshot {self.screenshot}"
+        )
 
 
 def _status(url: str, cache: dict[str, int]) -> int:
@@ -225,8 +240,14 @@ def _canonical(url: str) -> str:
     return url[: -len("index.html")] if url.endswith("/index.html") else url
 
 
-def check_page(driver, base_url: str, page: str, screenshot_dir: Optional[Path] = None,
-               order: Optional[list[str]] = None, status_cache: Optional[dict[str, int]] = None) -> PageReport:
+def check_page(
+    driver,
+    base_url: str,
+    page: str,
+    screenshot_dir: Path | None = None,
+    order: list[str] | None = None,
+    status_cache: dict[str, int] | None = None,
+) -> PageReport:
     """Load ``base_url + page`` and report its problems.
 
     Args:
@@ -261,13 +282,17 @@ def check_page(driver, base_url: str, page: str, screenshot_dir: Optional[Path] 
     if info["math"]:
         if not info["mathjax"]:
             scripts = ", ".join(info["mathScripts"]) or "no MathJax script on the page"
-            report.problems.append(f"{info['math']} math element(s) but MathJax did not start (script: {scripts}; "
-                                   "a CDN address cannot load offline: serve MathJax locally)")
+            report.problems.append(
+                f"{info['math']} math element(s) but MathJax did not start (script: {scripts}; "
+                "a CDN address cannot load offline: serve MathJax locally)"
+            )
         elif not str(info["mathjax"]).startswith("3"):
             report.problems.append(f"MathJax {info['mathjax']}: expected version 3")
         if info["mathRendered"] < info["math"]:
-            report.problems.append(f"{info['math'] - info['mathRendered']} of {info['math']} math element(s) not "
-                                   f"typeset, e.g. {info['mathUnrendered']}")
+            report.problems.append(
+                f"{info['math'] - info['mathRendered']} of {info['math']} math element(s) not "
+                f"typeset, e.g. {info['mathUnrendered']}"
+            )
     for error in info["mathErrors"]:
         report.problems.append(f"TeX error in the math: {error}")
 
@@ -287,8 +312,10 @@ def check_page(driver, base_url: str, page: str, screenshot_dir: Optional[Path] 
             missing = [p for p, u in zip(order, expected) if u not in toc and p != page]
             if missing:
                 report.problems.append(f"the sidebar does not link {missing}")
-        for name, found, want in (("previous", info["prev"], expected[here - 1] if here > 0 else None),
-                                  ("next", info["next"], expected[here + 1] if here + 1 < len(order) else None)):
+        for name, found, want in (
+            ("previous", info["prev"], expected[here - 1] if here > 0 else None),
+            ("next", info["next"], expected[here + 1] if here + 1 < len(order) else None),
+        ):
             got = _canonical(found[0]) if found else None
             if want is not None and got != want:
                 report.problems.append(f"the {name} link points to {got}, expected {want}")
@@ -306,8 +333,9 @@ def check_page(driver, base_url: str, page: str, screenshot_dir: Optional[Path] 
     return report
 
 
-def check_book(html_dir: Path, pages: list[str], screenshot_dir: Optional[Path] = None,
-               order: Optional[list[str]] = None) -> list[PageReport]:
+def check_book(
+    html_dir: Path, pages: list[str], screenshot_dir: Path | None = None, order: list[str] | None = None
+) -> list[PageReport]:
     """Serve ``html_dir``, open each of ``pages`` in one headless Chromium, and report on each."""
     html_dir = Path(html_dir)
     if not (html_dir / "index.html").exists():

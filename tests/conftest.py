@@ -1,4 +1,5 @@
 """Shared fixtures: one small phantom and its prepared index per test session."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory):
     """A 60-patient phantom at 64 px (MIMIC-CXR-JPG tree, benchmarks, ground truth)."""
-    from medst.data.phantom import synthesize
+    from medst.phantom import synthesize
 
     out = tmp_path_factory.mktemp("phantom")
     synthesize(out, n_patients=60, image_size=64, seed=3, progress=False)

@@ -5,6 +5,7 @@ Needs /usr/bin/chromium and /usr/bin/chromedriver (``.ci/install-browser.sh``) a
 ``selenium``; without them the tests skip, unless ``MEDST_REQUIRE_BROWSER=1`` (CI) makes that a failure.
 Screenshots go to ``$MEDST_SCREENSHOTS`` (default: a pytest temporary folder, printed).
 """
+
 from __future__ import annotations
 
 import base64
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
 from browser_check import browser_missing, check_book, mathjax_es5
 
 MATHJAX_PARTS = ("tex-mml-chtml.js", "input", "output/chtml", "output/chtml.js", "ui", "a11y", "sre")
@@ -72,25 +72,44 @@ def tiny_book(src: Path) -> None:
     (src / "_config.yml").write_text(
         "title: tiny\nonly_build_toc_files: true\nexecute:\n  execute_notebooks: 'off'\n"
         "parse:\n  myst_enable_extensions: [dollarmath, amsmath]\n"
-        "sphinx:\n  config:\n    mathjax_path: mathjax/tex-mml-chtml.js\n    html_static_path: [_mathjax]\n")
+        "sphinx:\n  config:\n    mathjax_path: mathjax/tex-mml-chtml.js\n    html_static_path: [_mathjax]\n"
+    )
     (src / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n- file: good\n- file: bad\n")
-    (src / "intro.md").write_text("# Intro\n\nInline math $e^{i\\pi} + 1 = 0$ and a display:\n\n"
-                                  "$$\\mathcal{L} = -\\sum_t \\log p_t$$\n")
+    (src / "intro.md").write_text(
+        "# Intro\n\nInline math $e^{i\\pi} + 1 = 0$ and a display:\n\n$$\\mathcal{L} = -\\sum_t \\log p_t$$\n"
+    )
     v4 = nbformat.v4
     image = base64.b64encode(png_bytes()).decode()
-    good = v4.new_notebook(cells=[
-        v4.new_markdown_cell("# Good\n\nA loss $\\mathcal{L}_\\text{FMC}$.\n"),
-        v4.new_code_cell("plot()", outputs=[v4.new_output("display_data", data={"image/png": image,
-                                                                                "text/plain": "<Figure>"}),
-                                            v4.new_output("stream", name="stderr", text="100%|####| 3/3\n")]),
-    ])
-    bad = v4.new_notebook(cells=[
-        v4.new_markdown_cell("# Bad\n\n<a href=\"nowhere.html\">a dead link</a>\n\n"
-                             "<img src=\"no-such-image.png\" alt=\"missing\">\n"),
-        v4.new_code_cell("1 / 0", outputs=[v4.new_output(
-            "error", ename="ZeroDivisionError", evalue="division by zero",
-            traceback=["Traceback (most recent call last)", "ZeroDivisionError: division by zero"])]),
-    ])
+    good = v4.new_notebook(
+        cells=[
+            v4.new_markdown_cell("# Good\n\nA loss $\\mathcal{L}_\\text{FMC}$.\n"),
+            v4.new_code_cell(
+                "plot()",
+                outputs=[
+                    v4.new_output("display_data", data={"image/png": image, "text/plain": "<Figure>"}),
+                    v4.new_output("stream", name="stderr", text="100%|####| 3/3\n"),
+                ],
+            ),
+        ]
+    )
+    bad = v4.new_notebook(
+        cells=[
+            v4.new_markdown_cell(
+                "# Bad\n\n<a href=\"nowhere.html\">a dead link</a>\n\n<img src=\"no-such-image.png\" alt=\"missing\">\n"
+            ),
+            v4.new_code_cell(
+                "1 / 0",
+                outputs=[
+                    v4.new_output(
+                        "error",
+                        ename="ZeroDivisionError",
+                        evalue="division by zero",
+                        traceback=["Traceback (most recent call last)", "ZeroDivisionError: division by zero"],
+                    )
+                ],
+            ),
+        ]
+    )
     nbformat.write(good, src / "good.ipynb")
     nbformat.write(bad, src / "bad.ipynb")
 
@@ -100,12 +119,14 @@ def build_tiny_book(tmp_path: Path) -> Path:
     src.mkdir()
     tiny_book(src)
     cli = "import sys; from jupyter_book.cli.main import main; sys.exit(main())"
-    done = subprocess.run([sys.executable, "-c", cli, "build", str(src), "--path-output", str(tmp_path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", cli, "build", str(src), "--path-output", str(tmp_path)], capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     html = tmp_path / "_build" / "html"
     (html / "no-mathjax.html").write_text(  # math that nothing typesets
-        "<html><head><title>x</title></head><body><span class=\"math\">\\(x^2\\)</span></body></html>")
+        "<html><head><title>x</title></head><body><span class=\"math\">\\(x^2\\)</span></body></html>"
+    )
     return html
 
 
@@ -134,7 +155,7 @@ def test_checker_sees_what_a_reader_sees(tmp_path, screenshot_dir):
 @pytest.fixture(scope="session")
 def book_html(request, tmp_path_factory) -> Path:
     """The book rendered from the chapters executed under the ``ci`` profile in this session."""
-    from medst.book import ChapterError, chapters, html
+    from medst.book.build import ChapterError, chapters, html
 
     require_browser()  # before spending minutes on the chapters
     try:
@@ -151,8 +172,9 @@ def book_html(request, tmp_path_factory) -> Path:
         except ChapterError as err:
             failed.append(str(err))
     if failed:
-        pytest.fail("cannot look at the rendered book, chapters failed to run:\n  " + "\n  ".join(failed),
-                    pytrace=False)
+        pytest.fail(
+            "cannot look at the rendered book, chapters failed to run:\n  " + "\n  ".join(failed), pytrace=False
+        )
     out = tmp_path_factory.mktemp("book-html")
     previous = os.environ.get("MEDST_MATHJAX")
     os.environ["MEDST_MATHJAX"] = "local"  # CI has no internet: MathJax must come from the book itself
@@ -171,7 +193,7 @@ def book_html(request, tmp_path_factory) -> Path:
 def test_rendered_book_in_browser(book_html, screenshot_dir):
     """Every page of the table of contents renders cleanly in Chromium and links to its neighbours."""
     require_browser()
-    from medst.book import toc_entries
+    from medst.book.build import toc_entries
 
     pages = [f"{entry}.html" for entry in toc_entries()]
     reports = check_book(book_html, pages, screenshot_dir / "book", order=pages)

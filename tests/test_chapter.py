@@ -1,19 +1,20 @@
 """The chapters' shared runs: the book model is trained once and loaded afterwards."""
+
 from __future__ import annotations
 
 import pytest
 from train_helpers import count_fits
 
-import medst.chapter
-from medst.book import execution_order, chapters
+from medst.book import Chapter, setup
+from medst.book.build import chapters, execution_order
 from medst.train import loop
 
 
 @pytest.fixture
 def ctx(tmp_path, prepared_dir, monkeypatch):
     """A ci chapter context on the session's small prepared phantom, with a 2-step profile."""
-    monkeypatch.setattr(medst.chapter.Chapter, "prepared_dir", property(lambda self: prepared_dir))
-    chapter = medst.chapter.setup("ci", tmp_path / "data", 0, "cpu")
+    monkeypatch.setattr(Chapter, "prepared_dir", property(lambda self: prepared_dir))
+    chapter = setup("ci", tmp_path / "data", 0, "cpu")
     chapter.cfg = chapter.cfg.override("train.steps=2", "train.checkpoint_every=1", "train.log_every=1")
     return chapter
 
@@ -28,7 +29,7 @@ def test_book_model_is_loaded_not_retrained(ctx, monkeypatch):
         raise AssertionError("the book model was retrained although it exists")
 
     monkeypatch.setattr(loop.Trainer, "fit", refuse)
-    assert ctx.book_model(progress=False) == run            # loaded: fit() is never called
+    assert ctx.book_model(progress=False) == run  # loaded: fit() is never called
     assert weights.stat().st_mtime_ns == stamp
 
 
@@ -38,15 +39,15 @@ def test_book_model_of_another_configuration_is_retrained(ctx, monkeypatch):
     ctx.cfg = ctx.cfg.override("train.steps=3")
     assert ctx.book_model(progress=False) == run
     assert calls == [3]
-    assert ctx.variant_run("book", max_steps=2, progress=False) == run   # a capped run is a different one
+    assert ctx.variant_run("book", max_steps=2, progress=False) == run  # a capped run is a different one
     assert calls == [3, 2]
 
 
 def test_chapter_7_executes_before_the_chapters_that_load_its_model():
     order = [n.stem for n in execution_order(chapters())]
-    assert order.index("07_pretraining") < min(order.index(c) for c in
-                                                ("04_move", "05_local_alignment", "06_temporal", "08_evaluation",
-                                                 "09_ablations"))
+    assert order.index("07_pretraining") < min(
+        order.index(c) for c in ("04_move", "05_local_alignment", "06_temporal", "08_evaluation", "09_ablations")
+    )
     assert sorted(order) == sorted(n.stem for n in chapters())
 
 
@@ -63,8 +64,9 @@ def _ship(ctx, tmp_path, monkeypatch):
 
 def test_shipped_book_model_is_installed_not_trained(ctx, tmp_path, monkeypatch):
     folder, manifest = _ship(ctx, tmp_path, monkeypatch)
-    assert {"model.safetensors", "config.json", "metrics.csv", "tokenizer/tokenizer.json",
-            "checkpoints/latest"} <= set(manifest["sha256"])
+    assert {"model.safetensors", "config.json", "metrics.csv", "tokenizer/tokenizer.json", "checkpoints/latest"} <= set(
+        manifest["sha256"]
+    )
 
     def refuse(self):
         raise AssertionError("trained although a committed book model matches")
@@ -73,7 +75,8 @@ def test_shipped_book_model_is_installed_not_trained(ctx, tmp_path, monkeypatch)
     run = ctx.book_model(progress=False)
     assert (run / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     from medst.train.checkpoint import latest_checkpoint
-    assert latest_checkpoint(run) is not None                 # chapter 7 resumes a copy of it
+
+    assert latest_checkpoint(run) is not None  # chapter 7 resumes a copy of it
 
 
 def test_changed_shipped_model_is_refused_with_the_file_named(ctx, tmp_path, monkeypatch):
@@ -102,7 +105,7 @@ def test_run_written_before_a_config_key_existed_is_still_loaded(ctx, monkeypatc
 
     run = ctx.book_model(progress=False)
     saved = json.loads((run / "config.json").read_text())
-    del saved["model"]["text"]["position_ids"]        # as a run written before the key was added
+    del saved["model"]["text"]["position_ids"]  # as a run written before the key was added
     (run / "config.json").write_text(json.dumps(saved))
 
     def refuse(self):
@@ -110,7 +113,7 @@ def test_run_written_before_a_config_key_existed_is_still_loaded(ctx, monkeypatc
 
     monkeypatch.setattr(loop.Trainer, "fit", refuse)
     assert ctx.book_model(progress=False) == run
-    saved["model"]["text"]["position_ids"] = "zeros"   # a real difference still counts
+    saved["model"]["text"]["position_ids"] = "zeros"  # a real difference still counts
     (run / "config.json").write_text(json.dumps(saved))
     with pytest.raises(AssertionError, match="retrained"):
         ctx.book_model(progress=False)

@@ -1,4 +1,5 @@
 """Profiles load and override; every subcommand of the command line has --help."""
+
 import subprocess
 import sys
 
@@ -17,8 +18,16 @@ def test_profiles_load(name):
 
 
 def test_overrides_apply_and_reject_unknown_keys():
-    cfg = load_profile("ci", ["train.steps=7", "loss.similarity=cosine", "model.vision.kwargs.depth=3",
-                              "train.lr=1e-4", "data.augment=false"])
+    cfg = load_profile(
+        "ci",
+        [
+            "train.steps=7",
+            "loss.similarity=cosine",
+            "model.vision.kwargs.depth=3",
+            "train.lr=1e-4",
+            "data.augment=false",
+        ],
+    )
     assert cfg.train.steps == 7 and cfg.loss.similarity == "cosine" and cfg.model.vision.kwargs["depth"] == 3
     assert cfg.train.lr == 1e-4 and cfg.data.augment is False
     with pytest.raises(KeyError):

@@ -1,4 +1,5 @@
-"""Loading the released Med-ST and MGCA checkpoints (medst/convert.py), checked against a re-implementation.
+"""Loading the released Med-ST and MGCA checkpoints (medst/convert.py, medst/models/pretrained.py), checked
+against a re-implementation.
 
 The released models cannot be downloaded here, so this file re-implements their forward pass at a small width with
 exactly the published module names (so the state dict has the published keys and shapes): a ViT whose blocks carry
@@ -6,6 +7,7 @@ a lateral feed-forward expert (``mlp_l``, ``norm2_l``), a BLIP-style BERT withou
 cross-attention layers and a pooler, 1x1-convolution local heads, and the unused parameters of the release. The
 text path embeds every token at position 0, as the released encoder does. Checkpoints are wrapped like Lightning's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,6 +15,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import types
 from collections import OrderedDict
 
 import numpy as np
@@ -21,19 +24,56 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from medst.convert import ConversionError, convert, published_config, read_init_state
-from medst.models.medst import build_medst, load_run
-from medst.train.checkpoint import save_weights
+from medst.cli import main
 from medst.config import Config
+from medst.convert import convert, published_config
+from medst.models.medst import build_medst, load_run
+from medst.models.pretrained import ConversionError, load_lightning_checkpoint, map_state_dict, read_init_state
+from medst.models.text import load_tokenizer
+from medst.models.weights import save_weights
 
 WIDTH, DEPTH, HEADS, PATCH, IMAGE = 64, 2, 2, 8, 32
 HIDDEN, LAYERS, INTER, POSITIONS = 64, 2, 128, 40
 EMBED, HEAD_HIDDEN = 32, 96
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "The", "the", "Heart", "heart", "is", "normal", "size",
-         "small", "left", "right", "pleural", "effusion", "no", "pneu", "##mo", "##thorax", "lungs", "are", "clear",
-         "stable", ".", ",", "##s", "increased", "mild", "edema"]
-REPORTS = ["The Heart size is normal.", "Small left pleural effusion, no pneumothorax.",
-           "lungs are clear", "stable mild edema"]
+VOCAB = [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+    "The",
+    "the",
+    "Heart",
+    "heart",
+    "is",
+    "normal",
+    "size",
+    "small",
+    "left",
+    "right",
+    "pleural",
+    "effusion",
+    "no",
+    "pneu",
+    "##mo",
+    "##thorax",
+    "lungs",
+    "are",
+    "clear",
+    "stable",
+    ".",
+    ",",
+    "##s",
+    "increased",
+    "mild",
+    "edema",
+]
+REPORTS = [
+    "The Heart size is normal.",
+    "Small left pleural effusion, no pneumothorax.",
+    "lungs are clear",
+    "stable mild edema",
+]
 HEAD_OPTS = ["model.vision.kwargs.num_heads=2", "model.text.num_heads=2"]
 
 
@@ -111,8 +151,13 @@ class ViT(nn.Module):
 class GlobalEmbedding(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.head = nn.Sequential(nn.Linear(dim, HEAD_HIDDEN), nn.BatchNorm1d(HEAD_HIDDEN), nn.ReLU(),
-                                  nn.Linear(HEAD_HIDDEN, EMBED), nn.BatchNorm1d(EMBED, affine=False))
+        self.head = nn.Sequential(
+            nn.Linear(dim, HEAD_HIDDEN),
+            nn.BatchNorm1d(HEAD_HIDDEN),
+            nn.ReLU(),
+            nn.Linear(HEAD_HIDDEN, EMBED),
+            nn.BatchNorm1d(EMBED, affine=False),
+        )
 
     def forward(self, x):
         return self.head(x)
@@ -121,8 +166,13 @@ class GlobalEmbedding(nn.Module):
 class LocalEmbedding(nn.Module):
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.head = nn.Sequential(nn.Conv1d(dim, HEAD_HIDDEN, 1), nn.BatchNorm1d(HEAD_HIDDEN), nn.ReLU(),
-                                  nn.Conv1d(HEAD_HIDDEN, EMBED, 1), nn.BatchNorm1d(EMBED, affine=False))
+        self.head = nn.Sequential(
+            nn.Conv1d(dim, HEAD_HIDDEN, 1),
+            nn.BatchNorm1d(HEAD_HIDDEN),
+            nn.ReLU(),
+            nn.Conv1d(HEAD_HIDDEN, EMBED, 1),
+            nn.BatchNorm1d(EMBED, affine=False),
+        )
 
     def forward(self, x):  # [B, T, C] -> [B, T, EMBED]
         return self.head(x.permute(0, 2, 1)).permute(0, 2, 1)
@@ -255,8 +305,7 @@ class Published(nn.Module):
         enc = self.text_encoder_q
         hidden = enc.model(ids, mask, position_ids=torch.zeros_like(ids))
         words = torch.stack([merge_like_release(h, row, words_of) for h, row in zip(hidden, ids.tolist())])
-        return (F.normalize(enc.global_embed(hidden[:, 0]), dim=-1),
-                F.normalize(enc.local_embed(words[:, 1:]), dim=-1))
+        return (F.normalize(enc.global_embed(hidden[:, 0]), dim=-1), F.normalize(enc.local_embed(words[:, 1:]), dim=-1))
 
 
 def merge_like_release(hidden: torch.Tensor, ids: list[int], words_of: dict[int, str]) -> torch.Tensor:
@@ -281,8 +330,10 @@ def randomise(model: nn.Module, seed: int) -> nn.Module:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.2 if p.dim() > 1 else 0.1) + (1.0 if "norm" in name.lower()
-                                                                                         and "weight" in name else 0))
+            p.copy_(
+                torch.randn(p.shape, generator=g) * (0.2 if p.dim() > 1 else 0.1)
+                + (1.0 if "norm" in name.lower() and "weight" in name else 0)
+            )
         for m in model.modules():
             if isinstance(m, nn.BatchNorm1d):
                 m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
@@ -292,16 +343,34 @@ def randomise(model: nn.Module, seed: int) -> nn.Module:
 
 def lightning_checkpoint(state: dict, path: pathlib.Path, **hyper) -> pathlib.Path:
     """What Lightning writes: weights plus hyper-parameters, loop and callback states."""
-    hparams = {"img_encoder": "vit_base", "emb_dim": EMBED, "softmax_temperature": 0.07, "local_temperature": 0.1,
-               "lambda_1": 1.0, "lambda_2": 1.0, "lambda_3": 1.0, "huber_delta": 2.0, "gpus": 2,
-               "ckpt_path": pathlib.PosixPath("/data/ckpts/vit_base.ckpt"), "args": argparse.Namespace(seed=42),
-               "data_pct": np.float64(1.0), **hyper}
-    ckpt = {"epoch": 7, "global_step": 1234, "pytorch-lightning_version": "1.5.10",
-            "state_dict": OrderedDict(state), "hyper_parameters": hparams, "hparams_name": "kwargs",
-            "callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_score": torch.tensor(1.5),
-                                                                     "dirpath": "/data/ckpts"}},
-            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4e-5, "betas": (0.9, 0.999), "params": [0]}]}],
-            "lr_schedulers": [{"last_epoch": 3, "base_lrs": [4e-5]}]}
+    hparams = {
+        "img_encoder": "vit_base",
+        "emb_dim": EMBED,
+        "softmax_temperature": 0.07,
+        "local_temperature": 0.1,
+        "lambda_1": 1.0,
+        "lambda_2": 1.0,
+        "lambda_3": 1.0,
+        "huber_delta": 2.0,
+        "gpus": 2,
+        "ckpt_path": pathlib.PosixPath("/data/ckpts/vit_base.ckpt"),
+        "args": argparse.Namespace(seed=42),
+        "data_pct": np.float64(1.0),
+        **hyper,
+    }
+    ckpt = {
+        "epoch": 7,
+        "global_step": 1234,
+        "pytorch-lightning_version": "1.5.10",
+        "state_dict": OrderedDict(state),
+        "hyper_parameters": hparams,
+        "hparams_name": "kwargs",
+        "callbacks": {
+            "ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_score": torch.tensor(1.5), "dirpath": "/data/ckpts"}
+        },
+        "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4e-5, "betas": (0.9, 0.999), "params": [0]}]}],
+        "lr_schedulers": [{"last_epoch": 3, "base_lrs": [4e-5]}],
+    }
     torch.save(ckpt, path)
     return path
 
@@ -327,8 +396,7 @@ def official(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mgca(tmp_path_factory):
     model = randomise(Published(len(VOCAB), official=False), seed=1)
-    path = lightning_checkpoint(model.state_dict(), tmp_path_factory.mktemp("ckpt") / "mgca.ckpt",
-                                num_prototypes=20)
+    path = lightning_checkpoint(model.state_dict(), tmp_path_factory.mktemp("ckpt") / "mgca.ckpt", num_prototypes=20)
     return model, path
 
 
@@ -345,10 +413,19 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def test_convert_official_matches_the_published_forward(official, vocab_dir, tmp_path, capsys):
     pub, ckpt = official
-    from medst.cli import main
-
-    main(["convert", "--from", "medst-official", str(ckpt), "--out", str(tmp_path / "run"),
-          "--tokenizer", str(vocab_dir), *sum((["--set", s] for s in HEAD_OPTS), [])])
+    main(
+        [
+            "convert",
+            "--from",
+            "medst-official",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "run"),
+            "--tokenizer",
+            str(vocab_dir),
+            *sum((["--set", s] for s in HEAD_OPTS), []),
+        ]
+    )
     printed = capsys.readouterr().out
     assert "dropped" in printed and "crossattention" in printed and "global_embed_la" in printed
     assert "pooler" in printed and "local_atten_layer" in printed and "position_ids=zeros" in printed
@@ -395,7 +472,7 @@ def test_convert_without_tokenizer_names_the_hub_tokenizer(official, vocab_dir, 
     def offline(name, lowercase=None):
         raise OSError(f"{name} is not cached")
 
-    monkeypatch.setattr("medst.models.text.load_tokenizer", offline)
+    monkeypatch.setattr("medst.models.medst.load_tokenizer", offline)
     with pytest.raises(FileNotFoundError, match=r"no tokenizer/ folder.*Bio_ClinicalBERT.*--tokenizer"):
         load_run(tmp_path / "run")
     monkeypatch.undo()
@@ -407,8 +484,6 @@ def test_convert_without_tokenizer_names_the_hub_tokenizer(official, vocab_dir, 
 
 def test_heads_default_to_64_wide():
     state = {k: v for k, v in Published(len(VOCAB)).state_dict().items()}
-    from medst.convert import map_state_dict
-
     cfg = published_config(map_state_dict(state, "medst-official").tensors, "medst-official", {}, "x")
     assert cfg.model.vision.kwargs["num_heads"] == 1 and cfg.model.text.num_heads == 1
     assert cfg.model.vision.kwargs["embed_dim"] == WIDTH and cfg.model.text.num_layers == LAYERS
@@ -420,12 +495,17 @@ def test_extra_or_missing_keys_are_refused_with_their_names(official, tmp_path):
     state = pub.state_dict()
     extra = dict(state, **{"img_encoder_q.model.blocks.0.attn.extra_scale": torch.ones(1)})
     with pytest.raises(ConversionError, match=r"img_encoder_q\.model\.blocks\.0\.attn\.extra_scale"):
-        convert(lightning_checkpoint(extra, tmp_path / "extra.ckpt"), "medst-official", tmp_path / "a",
-                overrides=HEAD_OPTS)
+        convert(
+            lightning_checkpoint(extra, tmp_path / "extra.ckpt"), "medst-official", tmp_path / "a", overrides=HEAD_OPTS
+        )
     missing = {k: v for k, v in state.items() if not k.startswith("text_encoder_q.global_embed.head.0.")}
     with pytest.raises(ConversionError, match=r"missing .*text_global\.mlp\.0\.weight") as err:
-        convert(lightning_checkpoint(missing, tmp_path / "missing.ckpt"), "medst-official", tmp_path / "b",
-                overrides=HEAD_OPTS)
+        convert(
+            lightning_checkpoint(missing, tmp_path / "missing.ckpt"),
+            "medst-official",
+            tmp_path / "b",
+            overrides=HEAD_OPTS,
+        )
     assert "text_global.mlp.0.bias" in str(err.value)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b" / "model.safetensors").exists()
 
@@ -476,8 +556,6 @@ def mgca_config(init_from: str, lateral_init: str) -> Config:
 @pytest.mark.parametrize("lateral_init", ["random", "frontal"])
 def test_pretraining_starts_from_mgca(mgca, vocab_dir, tmp_path, lateral_init, capsys):
     pub, ckpt = mgca
-    from medst.models.text import load_tokenizer
-
     tok = load_tokenizer(str(vocab_dir), lowercase=True)
     cfg = mgca_config(str(ckpt), lateral_init)
     torch.manual_seed(0)
@@ -487,12 +565,14 @@ def test_pretraining_starts_from_mgca(mgca, vocab_dir, tmp_path, lateral_init, c
     vit = model.vision.vit.state_dict()
     for key, value in published.items():
         if key.startswith("img_encoder_q.model."):
-            assert torch.equal(vit[key[len("img_encoder_q.model."):]], value), key
+            assert torch.equal(vit[key[len("img_encoder_q.model.") :]], value), key
     assert torch.equal(model.image_local.mlp[0].weight, published["img_encoder_q.local_embed.head.0.weight"][..., 0])
     assert torch.equal(model.text_global.mlp[3].weight, published["text_encoder_q.global_embed.head.3.weight"])
     bert = model.text.model.state_dict()
-    assert torch.equal(bert["encoder.layer.1.output.dense.weight"],
-                       published["text_encoder_q.model.encoder.layer.1.output.dense.weight"])
+    assert torch.equal(
+        bert["encoder.layer.1.output.dense.weight"],
+        published["text_encoder_q.model.encoder.layer.1.output.dense.weight"],
+    )
     assert bert["embeddings.token_type_embeddings.weight"].abs().sum() == 0
     assert (cfg.model.text.num_layers, cfg.model.text.max_positions) == (LAYERS, POSITIONS)  # read from MGCA
     for expert, block in zip(model.vision.lateral_experts, model.vision.vit.blocks):
@@ -524,15 +604,14 @@ def test_pretraining_starts_from_mgca(mgca, vocab_dir, tmp_path, lateral_init, c
 
 def test_init_from_a_converted_mgca_run(mgca, vocab_dir, tmp_path):
     pub, ckpt = mgca
-    from medst.models.text import load_tokenizer
-
     report = convert(ckpt, "mgca", tmp_path / "mgca", tokenizer=vocab_dir, overrides=HEAD_OPTS)
     assert any("prototype" in why for why in report.dropped.values())
     converted, tok, cfg = load_run(tmp_path / "mgca")
     assert cfg.model.vision.experts == "shared" and cfg.loss.temporal_weight == 0
     model = build_medst(mgca_config(str(tmp_path / "mgca"), "frontal"), load_tokenizer(str(vocab_dir), True)).eval()
-    assert torch.equal(model.vision.vit.blocks[1].attn.qkv.weight,
-                       pub.state_dict()["img_encoder_q.model.blocks.1.attn.qkv.weight"])
+    assert torch.equal(
+        model.vision.vit.blocks[1].attn.qkv.weight, pub.state_dict()["img_encoder_q.model.blocks.1.attn.qkv.weight"]
+    )
     assert torch.equal(model.vision.lateral_experts[1].mlp.fc2.weight, model.vision.vit.blocks[1].mlp.fc2.weight)
     with torch.no_grad():
         frontal = images(3)
@@ -541,8 +620,6 @@ def test_init_from_a_converted_mgca_run(mgca, vocab_dir, tmp_path):
 
 def test_init_from_refuses_an_unknown_or_missing_key(mgca, vocab_dir, tmp_path):
     pub, _ = mgca
-    from medst.models.text import load_tokenizer
-
     tok = load_tokenizer(str(vocab_dir), True)
     state = dict(pub.state_dict(), **{"img_encoder_q.model.blocks.0.gamma": torch.ones(WIDTH)})
     ckpt = lightning_checkpoint(state, tmp_path / "odd.ckpt")
@@ -560,12 +637,13 @@ def test_init_from_refuses_an_unknown_or_missing_key(mgca, vocab_dir, tmp_path):
 
 def test_init_from_shape_mismatch_names_the_keys(mgca, vocab_dir):
     _, ckpt = mgca
-    from medst.models.text import load_tokenizer
-
     cfg = mgca_config(str(ckpt), "random")
     cfg.model.vision.kwargs["embed_dim"] = 32
-    with pytest.raises(ConversionError, match=r"img_encoder_q\.model\.cls_token \(as vision\.vit\.cls_token\): checkpoint \[1, 1, 64\], "
-                                              r"medst \[1, 1, 32\]"):
+    with pytest.raises(
+        ConversionError,
+        match=r"img_encoder_q\.model\.cls_token \(as vision\.vit\.cls_token\): checkpoint \[1, 1, 64\], "
+        r"medst \[1, 1, 32\]",
+    ):
         build_medst(cfg, load_tokenizer(str(vocab_dir), True))
 
 
@@ -577,9 +655,6 @@ def test_convert_help():
 
 def test_what_a_lightning_checkpoint_holds_is_read(tmp_path, monkeypatch):
     """Namespace, paths, NumPy scalars and Lightning's AttributeDict (faked here: Lightning is not installed)."""
-    import types
-
-    from medst.convert import load_lightning_checkpoint
 
     class AttributeDict(dict):
         pass
@@ -590,8 +665,9 @@ def test_what_a_lightning_checkpoint_holds_is_read(tmp_path, monkeypatch):
     for name in ("pytorch_lightning", "pytorch_lightning.utilities"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "pytorch_lightning.utilities.parsing", module)
-    path = lightning_checkpoint({"w": torch.ones(2)}, tmp_path / "x.ckpt", extra=AttributeDict(lr=4e-5),
-                                when=np.int64(3), frozen=np.bool_(True))
+    path = lightning_checkpoint(
+        {"w": torch.ones(2)}, tmp_path / "x.ckpt", extra=AttributeDict(lr=4e-5), when=np.int64(3), frozen=np.bool_(True)
+    )
     hp = load_lightning_checkpoint(path)["hyper_parameters"]
     assert hp["extra"] == {"lr": 4e-5} and hp["args"].seed == 42 and hp["when"] == 3
     assert str(hp["ckpt_path"]) == "/data/ckpts/vit_base.ckpt" and float(hp["data_pct"]) == 1.0

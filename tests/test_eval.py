@@ -1,4 +1,5 @@
 """Downstream evaluation: metric helpers against hand-computed cases, and every task end to end on the phantom."""
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,13 @@ from medst.eval.zeroshot import zero_shot_scores
 # Metric helpers
 # ---------------------------------------------------------------------------------------------------------
 def test_recall_at_k_hand_computed():
-    sim = np.array([[0.9, 0.1, 0.0],
-                    [0.8, 0.5, 0.2],    # the right answer (0.5) is beaten by 0.8: rank 2
-                    [0.1, 0.2, 0.3]])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.0],
+            [0.8, 0.5, 0.2],  # the right answer (0.5) is beaten by 0.8: rank 2
+            [0.1, 0.2, 0.3],
+        ]
+    )
     assert retrieval_ranks(sim).tolist() == [1, 2, 1]
     assert recall_at_k(sim, ks=(1, 2, 3)) == {1: pytest.approx(2 / 3), 2: 1.0, 3: 1.0}
     # report -> image ranks the columns: every diagonal entry is its column's largest
@@ -32,7 +37,7 @@ def test_recall_at_k_hand_computed():
 
 def test_recall_ties_count_against_and_positives_mask():
     flat = np.ones((4, 4))
-    assert retrieval_ranks(flat).tolist() == [4, 4, 4, 4]       # a collapsed model retrieves nothing
+    assert retrieval_ranks(flat).tolist() == [4, 4, 4, 4]  # a collapsed model retrieves nothing
     assert recall_at_k(flat, ks=(1,))[1] == 0.0
     # Items 0 and 1 are interchangeable (identical reports): either counts as a hit.
     sim = np.array([[0.2, 0.9, 0.1], [0.3, 0.1, 0.0], [0.5, 0.4, 0.6]])
@@ -45,7 +50,7 @@ def test_recall_ties_count_against_and_positives_mask():
 
 def test_recall_matches_a_slow_reference():
     rng = np.random.default_rng(0)
-    sim = rng.normal(size=(30, 30)).round(1)                    # rounding makes ties
+    sim = rng.normal(size=(30, 30)).round(1)  # rounding makes ties
     ranks = [1 + sum(sim[i, j] >= sim[i, i] for j in range(30) if j != i) for i in range(30)]
     assert retrieval_ranks(torch.tensor(sim)).tolist() == ranks
     for k in (1, 5, 10):
@@ -54,7 +59,7 @@ def test_recall_matches_a_slow_reference():
 
 def test_best_threshold_accuracy_hand_computed():
     acc, t = best_threshold_accuracy([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
-    assert (acc, t) == (0.75, 0.35)                             # t = 0.35 and t = 0.8 tie; the smaller wins
+    assert (acc, t) == (0.75, 0.35)  # t = 0.35 and t = 0.8 tie; the smaller wins
     acc, t = best_threshold_accuracy([0.2, 0.3, 0.7, 0.9], [0, 0, 1, 1])
     assert (acc, t) == (1.0, 0.7)
     acc, t = best_threshold_accuracy([0.9, 0.8, 0.7], [0, 0, 0])  # best: call everything negative
@@ -155,8 +160,14 @@ def _finite_numbers(tree) -> bool:
 def test_every_task_gives_finite_metrics_in_range(results, run_dir, phantom_dir):
     meta = results["meta"]
     assert meta["profile"] == "ci" and meta["model"] == "checkpoint" and meta["seconds"] > 0
-    assert set(results) - {"meta"} | set(meta["skipped"]) == {"temporal-image", "temporal-text", "rsna-zeroshot",
-                                                              "covidx", "retrieval", "grounding"}
+    assert set(results) - {"meta"} | set(meta["skipped"]) == {
+        "temporal-image",
+        "temporal-text",
+        "rsna-zeroshot",
+        "covidx",
+        "retrieval",
+        "grounding",
+    }
     assert _finite_numbers(results)
     json.dumps(results, allow_nan=False)
     unit = lambda v: 0.0 <= v <= 1.0  # noqa: E731
@@ -209,7 +220,8 @@ def test_retrieval_studies_match_prepare(phantom_dir, prepared_dir):
 
 def test_images_preprocessed_like_pretraining(phantom_dir, prepared_dir):
     """Evaluation inputs equal the pre-training data set's centre crops of the prepared cache."""
-    from medst.data.dataset import StudyDataset, normalise
+    from medst.data.dataset import StudyDataset
+    from medst.data.transforms import normalise
     from medst.eval.embed import StudyImages
 
     def model_input(x):  # the data set yields uint8 crops that its collator normalises per batch
@@ -232,8 +244,21 @@ def test_cli_writes_results_and_random_baseline(run_dir, phantom_dir, tmp_path):
     from medst.cli import main
 
     out = tmp_path / "results.json"
-    main(["evaluate", "--checkpoint", str(run_dir), "--data", str(phantom_dir), "--task", "temporal-text,retrieval",
-          "--out", str(out), "--device", "cpu"])
+    main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(run_dir),
+            "--data",
+            str(phantom_dir),
+            "--task",
+            "temporal-text,retrieval",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     saved = json.loads(out.read_text())
     assert set(saved) == {"temporal-text", "retrieval", "meta"}
     assert saved["meta"]["checkpoint"] == str(run_dir) and saved["meta"]["profile"] == "ci"
@@ -247,8 +272,8 @@ def test_cli_writes_results_and_random_baseline(run_dir, phantom_dir, tmp_path):
     assert random_a.source == "random"
     texts = ["no acute cardiopulmonary process", "small left pleural effusion"]
     e_trained, e_random = embed_texts(trained, texts, progress=False), embed_texts(random_a, texts, progress=False)
-    assert torch.allclose(e_random, embed_texts(random_b, texts, progress=False))   # seeded
-    assert not torch.allclose(e_trained, e_random, atol=1e-3)                       # no weights loaded
+    assert torch.allclose(e_random, embed_texts(random_b, texts, progress=False))  # seeded
+    assert not torch.allclose(e_trained, e_random, atol=1e-3)  # no weights loaded
     assert torch.allclose(e_trained.norm(dim=1), torch.ones(2), atol=1e-5)
     res = evaluate(run_dir, phantom_dir, "temporal-text", device="cpu", random_baseline=True, progress=False)
     assert res["meta"]["model"] == "random" and 0 <= res["temporal-text"]["auc"] <= 1
@@ -265,11 +290,37 @@ def test_missing_task_files_are_skipped_with_the_file_named(run_dir, phantom_dir
     assert "covidx/train.txt" in res["meta"]["skipped"]["covidx"].replace("\\", "/")
     assert "covidx" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no task could run.*rsna"):
-        main(["evaluate", "--checkpoint", str(run_dir), "--data", str(data), "--task", "rsna-zeroshot",
-              "--out", str(tmp_path / "r.json"), "--device", "cpu"])
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run_dir),
+                "--data",
+                str(data),
+                "--task",
+                "rsna-zeroshot",
+                "--out",
+                str(tmp_path / "r.json"),
+                "--device",
+                "cpu",
+            ]
+        )
     with pytest.raises(SystemExit, match="unknown task"):
-        main(["evaluate", "--checkpoint", str(run_dir), "--data", str(data), "--task", "bogus",
-              "--out", str(tmp_path / "r.json"), "--device", "cpu"])
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run_dir),
+                "--data",
+                str(data),
+                "--task",
+                "bogus",
+                "--out",
+                str(tmp_path / "r.json"),
+                "--device",
+                "cpu",
+            ]
+        )
 
 
 def test_grounding_skipped_without_local_branch(run_dir, phantom_dir, tmp_path):
@@ -305,6 +356,29 @@ def test_phantom_probes_count_the_ground_truth(run_dir, phantom_dir):
     assert 0 <= prog["mean_acc"] <= 1 and 0 < prog["mean_majority"] <= 1
 
 
+def test_task_table_drives_parsing_and_files(tmp_path):
+    """One table (medst.eval.tasks.TASKS) gives the names ``all`` runs, the files a task needs and the help."""
+    from medst.eval.tasks import TASKS, missing_file, parse_tasks, task_help
+
+    assert parse_tasks("all") == [
+        "temporal-image",
+        "temporal-text",
+        "rsna-zeroshot",
+        "covidx",
+        "retrieval",
+        "grounding",
+    ]
+    assert parse_tasks(" retrieval, lateral-probe ") == ["retrieval", "lateral-probe"]
+    with pytest.raises(ValueError, match="unknown task.*bogus.*progression-probe"):
+        parse_tasks("retrieval,bogus")
+    assert missing_file(tmp_path, "covidx") == tmp_path / "covidx" / "train.txt"
+    for rel in TASKS["covidx"].files:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"{rel}.gz").write_text("")  # a .gz twin counts
+    assert missing_file(tmp_path, "covidx") is None
+    assert all(name in task_help() for name in TASKS)
+
+
 def test_grouped_folds_are_capped_by_groups():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(30, 4)), np.array(["a", "b"] * 15)
@@ -312,35 +386,64 @@ def test_grouped_folds_are_capped_by_groups():
     assert k == 3
 
 
-def test_pointing_chance_hand_computed_and_by_sampling():
+def test_pointing_game_chance_hand_computed_and_by_sampling():
+    """The chance level the grounding task reports is pointing_game's: a uniformly random patch, per trial."""
     from medst.eval.grounding import GroundingItem, PixelAffine, pointing_game
-    from medst.eval.run import pointing_chance
 
-    boxes = pd.DataFrame({"dicom_id": ["f1", "f1", "l1"], "view": ["frontal", "frontal", "lateral"],
-                          "finding": ["pleural_effusion", "edema", "pleural_effusion"],
-                          "x_min": [0, 0, 0], "y_min": [0, 0, 0], "x_max": [2, 4, 4], "y_max": [2, 4, 2]})
+    boxes = pd.DataFrame(
+        {
+            "dicom_id": ["f1", "f1", "l1"],
+            "view": ["frontal", "frontal", "lateral"],
+            "finding": ["pleural_effusion", "edema", "pleural_effusion"],
+            "x_min": [0, 0, 0],
+            "y_min": [0, 0, 0],
+            "x_max": [2, 4, 4],
+            "y_max": [2, 4, 2],
+        }
+    )
     identity = PixelAffine(1.0, 1.0, 0.0, 0.0)
-    item = GroundingItem(np.zeros((2, 8)), ["small", "effusion"], {"frontal": ("f1", identity),
-                                                                   "lateral": ("l1", identity)})
+    item = GroundingItem(
+        np.zeros((2, 8)), ["small", "effusion"], {"frontal": ("f1", identity), "lateral": ("l1", identity)}
+    )
     # grid 2x2 on a 4-pixel input: centres (1,1) (3,1) (1,3) (3,3); the frontal box holds 1 of 4, the lateral 2 of 4;
     # "edema" is not in the report, so its box makes no trial.
-    chance, trials = pointing_chance([item], boxes, grid=(2, 2), input_size=4)
-    assert trials == 2 and chance == pytest.approx((0.25 + 0.5) / 2)
+    game = pointing_game([item], boxes, grid=(2, 2), input_size=4)
+    chance = game["chance"]
+    assert game["total"] == 2 and chance == pytest.approx((0.25 + 0.5) / 2)
+    assert game["per_view"]["frontal"]["chance"] == pytest.approx(0.25)
+    assert game["per_view"]["lateral"]["chance"] == pytest.approx(0.5)
     rng = np.random.default_rng(0)
-    draws = [pointing_game([GroundingItem(rng.random((2, 8)), item.words, item.views)], boxes, grid=(2, 2),
-                           input_size=4)["accuracy"] for _ in range(400)]
+    draws = [
+        pointing_game([GroundingItem(rng.random((2, 8)), item.words, item.views)], boxes, grid=(2, 2), input_size=4)[
+            "accuracy"
+        ]
+        for _ in range(400)
+    ]
     assert np.mean(draws) == pytest.approx(chance, abs=0.05)
 
 
 def test_ablation_helpers(prepared_dir, tmp_path):
-    from medst.eval.run import ablation_markdown, ablation_verdicts, frontal_only, summarise_ablation
+    from medst.ablation import ablation_markdown, ablation_verdicts, frontal_only, summarise_ablation
 
-    rows = [{"variant": v, "seed": s, "lateral_auc": a + noise, "progression_acc": p + noise, "grounding_acc": g,
-             "grounding_chance": 0.1}
-            for v, a, p, g in [("global", 0.50, 0.40, np.nan), ("+local", 0.52, 0.41, 0.30),
-                               ("+MoVE", 0.80, 0.40, 0.31), ("+FMC", 0.80, 0.40, 0.3),
-                               ("+RMR", 0.80, 0.39, 0.3), ("Med-ST", 0.79, 0.60, 0.3)]
-            for s, noise in ((0, -0.01), (1, 0.01))]
+    rows = [
+        {
+            "variant": v,
+            "seed": s,
+            "lateral_auc": a + noise,
+            "progression_acc": p + noise,
+            "grounding_acc": g,
+            "grounding_chance": 0.1,
+        }
+        for v, a, p, g in [
+            ("global", 0.50, 0.40, np.nan),
+            ("+local", 0.52, 0.41, 0.30),
+            ("+MoVE", 0.80, 0.40, 0.31),
+            ("+FMC", 0.80, 0.40, 0.3),
+            ("+RMR", 0.80, 0.39, 0.3),
+            ("Med-ST", 0.79, 0.60, 0.3),
+        ]
+        for s, noise in ((0, -0.01), (1, 0.01))
+    ]
     table = pd.DataFrame(rows)
     verdicts = ablation_verdicts(table).set_index("component")["verdict"]
     assert verdicts["MoVE"] == "helped" and verdicts["FMC + RMR"] == "helped"
@@ -362,9 +465,9 @@ def test_ablation_helpers(prepared_dir, tmp_path):
 
 
 def test_new_ablation_variants_and_run_dirs():
-    """"+local (published)" and "two views, shared FFN" sit after "+local" / "+MoVE" with the right overrides;
+    """ "+local (published)" and "two views, shared FFN" sit after "+local" / "+MoVE" with the right overrides;
     every variant has its own file-system-safe run folder, and --variants finds names that hold commas."""
-    from medst.eval.run import VARIANTS, ablation_run_dir, parse_variants
+    from medst.ablation import VARIANTS, ablation_run_dir, parse_variants
     from medst.config import load_profile
 
     by_name = {v.name: v for v in VARIANTS}
@@ -390,10 +493,14 @@ def test_new_ablation_variants_and_run_dirs():
     assert ablation_run_dir("out", "+local (published)", 2).name == "plus-local_published-s2"
     assert parse_variants(None) is None and parse_variants("") is None
     assert parse_variants("+MoVE,two views, shared FFN,Med-ST") == ["+MoVE", "two views, shared FFN", "Med-ST"]
-    assert parse_variants(["two views,shared FFN", " +local (published) "]) == ["two views, shared FFN",
-                                                                               "+local (published)"]
-    assert parse_variants("plus-local_published,two_views_shared_FFN") == ["+local (published)",
-                                                                          "two views, shared FFN"]
+    assert parse_variants(["two views,shared FFN", " +local (published) "]) == [
+        "two views, shared FFN",
+        "+local (published)",
+    ]
+    assert parse_variants("plus-local_published,two_views_shared_FFN") == [
+        "+local (published)",
+        "two views, shared FFN",
+    ]
     with pytest.raises(ValueError, match="unknown variant 'two views'"):
         parse_variants("two views,+MoVE")
 
@@ -401,12 +508,18 @@ def test_new_ablation_variants_and_run_dirs():
 def test_ablation_verdicts_local_remedy_and_move_experts():
     """The remedy is judged against the published local weights and MoVE's experts against one shared FFN;
     only "local alignment" is judged against the pointing game's chance."""
-    from medst.eval.run import ablation_verdicts
+    from medst.ablation import ablation_verdicts
 
-    rows = [{"variant": v, "seed": s, "lateral_auc": a + noise, "grounding_acc": g + noise, "grounding_chance": 0.1}
-            for v, a, g in [("+local", 0.52, 0.30), ("+local (published)", 0.52, 0.20), ("+MoVE", 0.80, 0.31),
-                            ("two views, shared FFN", 0.795, 0.31)]
-            for s, noise in ((0, -0.01), (1, 0.01))]
+    rows = [
+        {"variant": v, "seed": s, "lateral_auc": a + noise, "grounding_acc": g + noise, "grounding_chance": 0.1}
+        for v, a, g in [
+            ("+local", 0.52, 0.30),
+            ("+local (published)", 0.52, 0.20),
+            ("+MoVE", 0.80, 0.31),
+            ("two views, shared FFN", 0.795, 0.31),
+        ]
+        for s, noise in ((0, -0.01), (1, 0.01))
+    ]
     verdicts = ablation_verdicts(pd.DataFrame(rows)).set_index("component")
     remedy, alignment = verdicts.loc["local remedy"], verdicts.loc["local alignment"]
     assert remedy["against"] == "+local (published)" and remedy["metric"] == "grounding_acc"
@@ -424,16 +537,17 @@ def test_run_ablation_caches_metrics(tmp_path, monkeypatch):
     change of the evaluation options evaluates again. No training: pretrain and the metrics are fakes."""
     from types import SimpleNamespace
 
-    import medst.eval.run as run_mod
-    import medst.train.loop
+    import medst.ablation.runs as run_mod
 
     prepared = tmp_path / "prepared"
     prepared.mkdir()
     pd.DataFrame({"study_id": [1], "lateral": ["a.png"], "lateral_view": ["LL"], "lateral_cache": [0]}).to_csv(
-        prepared / "studies.csv", index=False)
+        prepared / "studies.csv", index=False
+    )
     (prepared / "prepare.json").write_text("{}")
-    ctx = SimpleNamespace(phantom_dir=tmp_path / "phantom", prepared_dir=prepared, data_dir=tmp_path / "data",
-                          device="cpu")
+    ctx = SimpleNamespace(
+        phantom_dir=tmp_path / "phantom", prepared_dir=prepared, data_dir=tmp_path / "data", device="cpu"
+    )
     trained, calls = [], []
 
     def fake_pretrain(cfg, prepared_dir, run, device="cpu", progress=False):
@@ -448,14 +562,15 @@ def test_run_ablation_caches_metrics(tmp_path, monkeypatch):
         calls.append((em.random_init, max_studies))
         return {"lateral_auc": 0.5 if em.random_init else 0.75, "max_studies": max_studies}
 
-    monkeypatch.setattr(medst.train.loop, "pretrain", fake_pretrain)
+    monkeypatch.setattr(run_mod, "pretrain", fake_pretrain)
     monkeypatch.setattr(run_mod, "load_model", fake_load_model)
     monkeypatch.setattr(run_mod, "ablation_metrics", fake_metrics)
     out = tmp_path / "ablation"
 
     def ablate(**kw):
-        return run_mod.run_ablation("ci", [0], out, variants=["two views, shared FFN"], ctx=ctx, progress=False,
-                                    max_pairs=50, **kw)
+        return run_mod.run_ablation(
+            "ci", [0], out, variants=["two views, shared FFN"], ctx=ctx, progress=False, max_pairs=50, **kw
+        )
 
     first = ablate(max_studies=10)
     assert len(trained) == 1 and trained[0].model.vision.experts == "shared"
@@ -479,18 +594,27 @@ def test_run_ablation_caches_metrics(tmp_path, monkeypatch):
 
 def test_ablation_table_round_trip(tmp_path):
     """write_ablation's per-run CSV reads back as the same table, variants in order; other CSVs are refused."""
-    from medst.eval.run import read_ablation, summarise_ablation, write_ablation
+    from medst.ablation import read_ablation, summarise_ablation, write_ablation
 
-    rows = [{"variant": v, "seed": s, "lateral_auc": 0.5 + 0.1 * s + 0.01 * i, "grounding_acc": np.nan if v == "global"
-             else 0.2}
-            for i, v in enumerate(["Med-ST", "global", "random init", "+MoVE"]) for s in (1, 0)]
+    rows = [
+        {
+            "variant": v,
+            "seed": s,
+            "lateral_auc": 0.5 + 0.1 * s + 0.01 * i,
+            "grounding_acc": np.nan if v == "global" else 0.2,
+        }
+        for i, v in enumerate(["Med-ST", "global", "random init", "+MoVE"])
+        for s in (1, 0)
+    ]
     table = pd.DataFrame(rows)
     paths = write_ablation(table, tmp_path)
     back = read_ablation(paths["runs"])
     assert back["variant"].tolist() == ["random init"] * 2 + ["global"] * 2 + ["+MoVE"] * 2 + ["Med-ST"] * 2
     assert back["seed"].tolist() == [0, 1] * 4
     read_back, written = summarise_ablation(back), summarise_ablation(table)
-    np.testing.assert_allclose(read_back.to_numpy(float), written.loc[[str(v) for v in read_back.index]].to_numpy(float))
+    np.testing.assert_allclose(
+        read_back.to_numpy(float), written.loc[[str(v) for v in read_back.index]].to_numpy(float)
+    )
     assert summarise_ablation(back).loc["Med-ST", "lateral_auc_mean"] == pytest.approx(0.55)
     (tmp_path / "other.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match="not an ablation table"):
@@ -505,7 +629,7 @@ def test_committed_cpu_ablation_has_three_seeds_per_variant():
     at least 3 seeds each and a finite value of every variant's target metric."""
     from pathlib import Path
 
-    from medst.eval.run import VARIANTS, read_ablation
+    from medst.ablation import VARIANTS, read_ablation
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "ablations" / "cpu" / "ablation_runs.csv"
     table = read_ablation(path)
@@ -515,17 +639,23 @@ def test_committed_cpu_ablation_has_three_seeds_per_variant():
     for metric in ("lateral_auc", "progression_acc", "retrieval_r@5"):
         assert np.isfinite(table[metric]).all(), metric
     local = table[table["variant"] != "global"]
-    assert np.isfinite(local["grounding_acc"]).all() and table.loc[table["variant"] == "global", "grounding_acc"].isna().all()
+    assert (
+        np.isfinite(local["grounding_acc"]).all()
+        and table.loc[table["variant"] == "global", "grounding_acc"].isna().all()
+    )
 
 
 def test_book_targets_thresholds():
     """Each target's threshold follows its rule, and "met" flips exactly at the threshold."""
     from medst.eval.targets import targets, targets_markdown
 
-    rand = {"retrieval_i2t_r@5": 0.02, "progression_acc_test": 0.40, "progression_acc_all": 0.45,
-            "sentence_auc": 0.5}
-    model = {"retrieval_i2t_r@5": 0.099, "progression_acc_test": 0.51, "progression_acc_all": 0.549,
-             "sentence_auc": 0.75}
+    rand = {"retrieval_i2t_r@5": 0.02, "progression_acc_test": 0.40, "progression_acc_all": 0.45, "sentence_auc": 0.5}
+    model = {
+        "retrieval_i2t_r@5": 0.099,
+        "progression_acc_test": 0.51,
+        "progression_acc_all": 0.549,
+        "sentence_auc": 0.75,
+    }
     rows = {r["metric"]: r for r in targets(model, rand)}
     assert rows["retrieval_i2t_r@5"]["threshold"] == pytest.approx(0.10) and not rows["retrieval_i2t_r@5"]["met"]
     assert rows["progression_acc_test"]["threshold"] == pytest.approx(0.50) and rows["progression_acc_test"]["met"]
@@ -547,8 +677,9 @@ def test_progression_probe_splits_restrict_patients(phantom_dir, monkeypatch):
         return {"mean_acc": 0.5}
 
     monkeypatch.setattr(temporal, "progression_probe", fake_probe)
-    out = run_module.evaluate("unused", phantom_dir, "progression-probe", model=object.__new__(_FakeEM),
-                              progress=False, probe_splits=["test"])
+    out = run_module.evaluate(
+        "unused", phantom_dir, "progression-probe", model=object.__new__(_FakeEM), progress=False, probe_splits=["test"]
+    )
     assert seen["splits"] == ["test"] and out["meta"]["probe_splits"] == ["test"]
 
 

@@ -1,11 +1,14 @@
-"""Exercises, their checkers and the students' edition (medst/exercises.py, medst/student.py).
+"""Exercises, their checkers and the students' edition (medst/book/exercises/, medst/book/student.py).
 
-The checkers must accept the solutions, report stubs as "not implemented yet" without failing, and reject
-wrong answers written here by hand (averaging instead of summing, a flipped sign, a wrong temperature, ...).
+The checkers must accept the solutions (imported as the modules they are), report stubs as "not implemented yet"
+without failing, and reject wrong answers written here by hand (averaging instead of summing, a flipped sign, a
+wrong temperature, ...).
 The students' edition must hide every solution and still run top to bottom under papermill.
 """
+
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 
@@ -14,9 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medst import exercises as ex
-from medst.exercises import EXERCISES, ExerciseError
-from medst.student import stub_from_solution, student_notebook, write_student_edition
+from medst.book import exercises as ex
+from medst.book.exercises import EXERCISES, ExerciseError
+from medst.book.exercises.framework import SOLUTIONS
+from medst.book.student import stub_from_solution, student_notebook, write_student_edition
 
 ALL = [e for chapter in EXERCISES.values() for e in chapter]
 IDS = [e.key for e in ALL]
@@ -34,6 +38,23 @@ def define(code: str, name: str):
 def test_solution_passes_its_checker(exercise, capsys):
     assert exercise.checker(define(exercise.solution_code, exercise.function)).passed is True
     assert f"\u2714 Exercise {exercise.number} ({exercise.title}): correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("exercise", ALL, ids=IDS)
+def test_solution_module_passes_its_checker(exercise, capsys):
+    """Each solution is a real module: imported, its function passes the checker; its source is the cell."""
+    module = importlib.import_module(f"medst.book.exercises.solutions.{exercise.solution}")
+    function = getattr(module, exercise.function)
+    assert function is exercise.solution_function()
+    assert exercise.checker(function).passed is True
+    assert "correct" in capsys.readouterr().out
+    assert inspect.getsource(module) == exercise.solution_code
+    assert exercise.solution_code.startswith("import torch") and exercise.chapter[:2] == exercise.solution[2:4]
+
+
+def test_every_solution_module_belongs_to_an_exercise():
+    files = {path.stem for path in SOLUTIONS.glob("*.py") if path.stem != "__init__"}
+    assert files == {e.solution for e in ALL}
 
 
 @pytest.mark.parametrize("exercise", ALL, ids=IDS)
@@ -103,11 +124,13 @@ def global_reference(img, txt, temperature=0.07):
 def test_global_loss_checker():
     assert ex.check_global_loss(global_reference).passed is True
     reject(ex.check_global_loss, lambda i, t, temperature=0.07: global_reference(i, t, temperature) / 2, "averaged")
-    reject(ex.check_global_loss, lambda i, t, temperature=0.07: F.cross_entropy(i @ t.T / temperature,
-                                                                                 torch.arange(len(i))), "direction")
+    reject(
+        ex.check_global_loss,
+        lambda i, t, temperature=0.07: F.cross_entropy(i @ t.T / temperature, torch.arange(len(i))),
+        "direction",
+    )
     reject(ex.check_global_loss, lambda i, t, temperature=0.07: global_reference(i, t, 0.07), "temperature")
-    reject(ex.check_global_loss, lambda i, t, temperature=0.07: global_reference(i.detach(), t.detach()),
-           "no gradient")
+    reject(ex.check_global_loss, lambda i, t, temperature=0.07: global_reference(i.detach(), t.detach()), "no gradient")
 
 
 def test_move_block_checker():
@@ -124,8 +147,11 @@ def test_move_block_checker():
 
 def test_local_word_side_checker():
     solution = ex.find_exercise("local-word-side").solution_code
-    reject(ex.check_local_word_side, define(solution.replace("F.normalize(attn @ patches, dim=-1)", "attn @ patches"),
-                                            "word_side_loss"), "re-normalised")
+    reject(
+        ex.check_local_word_side,
+        define(solution.replace("F.normalize(attn @ patches, dim=-1)", "attn @ patches"), "word_side_loss"),
+        "re-normalised",
+    )
     reject(ex.check_local_word_side, define(solution.replace("/ 2\n", "\n"), "word_side_loss"), "differs")
 
 
@@ -145,18 +171,28 @@ def test_fmc_checker():
     def right_value_wrong_gradient(a, b, temperature=0.1):
         value = fmc_reference(a, b, temperature)
         return value.detach() + (value - value.detach()) * 0.5
+
     reject(ex.check_fmc, right_value_wrong_gradient, "gradient w.r.t. `a`", "cut from the graph")
 
 
 def test_rmr_checker():
     solution = ex.find_exercise("rmr").solution_code
     assert ex.check_rmr(define(solution, "rmr")).passed is True
-    reject(ex.check_rmr, define(solution.replace("device=a.device) / L", "device=a.device) / (L - 1)"), "rmr"),
-           "k / (L - 1)")
-    reject(ex.check_rmr, define(solution.replace(" + variance_lambda * torch.log(var + eps)", ""), "rmr"),
-           "log(σ² + 1e-7)")
-    reject(ex.check_rmr, define(solution.replace("/ temperature).softmax(dim=-1)  # [S, L, L] α",
-                                                 ").softmax(dim=-1)  # [S, L, L] α"), "rmr"), "differs")
+    reject(
+        ex.check_rmr,
+        define(solution.replace("device=a.device) / L", "device=a.device) / (L - 1)"), "rmr"),
+        "k / (L - 1)",
+    )
+    reject(
+        ex.check_rmr, define(solution.replace(" + variance_lambda * torch.log(var + eps)", ""), "rmr"), "log(σ² + 1e-7)"
+    )
+    reject(
+        ex.check_rmr,
+        define(
+            solution.replace("/ temperature).softmax(dim=-1)  # [S, L, L] α", ").softmax(dim=-1)  # [S, L, L] α"), "rmr"
+        ),
+        "differs",
+    )
 
 
 def test_not_a_function():
@@ -250,18 +286,23 @@ def small_book(tmp_path, chapters=tuple(EXERCISES), wrong: str | None = None):
     """A notebook with a parameters cell, ordinary cells, the exercises of ``chapters`` and a generic solution
     cell; ``wrong`` names an exercise whose solution gets a flipped sign."""
     v4 = nbformat.v4
-    cells = [v4.new_code_cell("profile = 'ci'", metadata={"tags": ["parameters"]}),
-             v4.new_code_cell("print('before the exercises', 1 + 1)")]
+    cells = [
+        v4.new_code_cell("profile = 'ci'", metadata={"tags": ["parameters"]}),
+        v4.new_code_cell("print('before the exercises', 1 + 1)"),
+    ]
     for chapter in chapters:
         cells += ex.exercise_cells(chapter)
-    cells += [v4.new_code_cell(SOLUTION, metadata={"tags": ["solution"]}),  # no stub in metadata
-              v4.new_code_cell("print('end of chapter reached')")]
+    cells += [
+        v4.new_code_cell(SOLUTION, metadata={"tags": ["solution"]}),  # no stub in metadata
+        v4.new_code_cell("print('end of chapter reached')"),
+    ]
     for cell in cells:
         if wrong and cell.metadata.get("medst", {}).get("exercise") == wrong and "solution" in cell.metadata["tags"]:
             cell.source = cell.source.replace("(sim / temperature)", "(-sim / temperature)")
             assert "-sim" in cell.source
-    nb = v4.new_notebook(cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                                               "language": "python"}})
+    nb = v4.new_notebook(
+        cells=cells, metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}
+    )
     # pretend it was executed: outputs that would give a solution away must not reach the students
     cells[-2].outputs = [v4.new_output("stream", name="stdout", text="SECRET-OUTPUT\n")]
     book = tmp_path / "book"
@@ -275,13 +316,14 @@ def small_book(tmp_path, chapters=tuple(EXERCISES), wrong: str | None = None):
 def run(notebook, out):
     import papermill as pm
 
-    return pm.execute_notebook(str(notebook), str(out), kernel_name="python3", progress_bar=False,
-                               cwd=str(out.parent))
+    return pm.execute_notebook(str(notebook), str(out), kernel_name="python3", progress_bar=False, cwd=str(out.parent))
 
 
 def outputs_text(cell) -> str:
-    return "".join(o.get("text", "") + json.dumps(o.get("data", {})) + "".join(o.get("traceback", []))
-                   for o in cell.get("outputs", []))
+    return "".join(
+        o.get("text", "") + json.dumps(o.get("data", {})) + "".join(o.get("traceback", []))
+        for o in cell.get("outputs", [])
+    )
 
 
 def test_student_edition_hides_solutions(tmp_path):
@@ -295,9 +337,14 @@ def test_student_edition_hides_solutions(tmp_path):
     text = "\n".join(c.source for c in student.cells) + json.dumps(student, ensure_ascii=False)
     assert "SECRET" not in text
     for exercise in ALL:  # no line of any solution body survives
-        body = [line for line in exercise.solution_code.splitlines()
-                if line.startswith("    ") and line.strip() and not line.strip().startswith(('"""', "#"))
-                and line not in exercise.stub_code]
+        body = [
+            line
+            for line in exercise.solution_code.splitlines()
+            if line.startswith("    ")
+            and line.strip()
+            and not line.strip().startswith(('"""', "#"))
+            and line not in exercise.stub_code
+        ]
         assert body and not any(line in text for line in body), exercise.key
     assert len(student.cells) == len(original.cells)
     for before, after in zip(original.cells, student.cells):
@@ -313,7 +360,7 @@ def test_student_edition_hides_solutions(tmp_path):
 def test_student_edition_runs_top_to_bottom(tmp_path):
     """The students' version runs to the end under papermill, each check saying "not implemented yet";
     (the book's version passing its checks is test_solution_passes_its_checker and test_notebooks.py)."""
-    from medst.student import main
+    from medst.book.student import main
 
     book = small_book(tmp_path)
     main(["--src", str(book), "--out", str(tmp_path / "student")])
@@ -341,7 +388,7 @@ def test_wrong_solution_fails_at_its_check_cell(tmp_path):
 
 
 def real_chapters_with_exercises():
-    from medst.book import chapters
+    from medst.book.build import chapters
 
     found = []
     for path in chapters():
@@ -364,7 +411,7 @@ def test_real_chapter_student_edition(path, tmp_path):
             assert "NotImplementedError" in after.source and after.source != before.source
     exercise_only = [c for c in student.cells if ex.is_exercise_cell(c) and c.cell_type == "code"]
     if not exercise_only:
-        pytest.skip(f"{path.name}: its solution cells are not medst.exercises cells")
+        pytest.skip(f"{path.name}: its solution cells are not medst.book.exercises cells")
     small = nbformat.v4.new_notebook(cells=exercise_only, metadata=student.metadata)
     nbformat.write(small, tmp_path / "exercises.ipynb")
     done = run(tmp_path / "exercises.ipynb", tmp_path / "done.ipynb")

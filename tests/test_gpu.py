@@ -5,6 +5,7 @@ Skipped without CUDA. ``benchmarks/gpu_check.sh`` runs this file on a GPU machin
 is missing, with its own small runner (every test takes only ``tmp_path``). Set ``MEDST_GPU_SKIP_COMPILE=1`` to
 leave out the compile test (it compiles a tiny model, about a minute).
 """
+
 from __future__ import annotations
 
 import copy
@@ -19,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from medst.data.dataset import Batch
 from medst.config import load_profile
+from medst.data.dataset import Batch
 
 try:
     import pytest
@@ -45,16 +46,15 @@ def skip(reason: str) -> None:
     raise Skipped(reason)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def prepared() -> Path:
     """A 60-patient phantom at 64 px, prepared with a 73 px cache (as tests/conftest.py, without the RSNA part,
     which needs pydicom)."""
     from medst.data.mimic import prepare
-    from medst.data.phantom import synthesize
+    from medst.phantom import synthesize
 
     root = Path(tempfile.mkdtemp(prefix="medst-gpu-test-"))
-    synthesize(root / "phantom", n_patients=60, image_size=64, seed=3, workers=1, progress=False, n_rsna=0,
-               n_covidx=0)
+    synthesize(root / "phantom", n_patients=60, image_size=64, seed=3, workers=1, progress=False, n_rsna=0, n_covidx=0)
     prepare(root / "phantom" / "mimic-cxr-jpg", root / "prepared", cache_size=73, workers=1, progress=False)
     return root / "prepared"
 
@@ -73,10 +73,19 @@ def model_and_batch(*overrides: str, device: str = "cpu"):
 def test_trainer_on_one_gpu_with_bf16(tmp_path):
     from medst.train.loop import Trainer
 
-    cfg = load_profile("ci", ["train.steps=6", "train.log_every=3", "train.checkpoint_every=3", "train.precision=bf16",
-                              "train.group_bucket=4", "data.num_workers=2"])
+    cfg = load_profile(
+        "ci",
+        [
+            "train.steps=6",
+            "train.log_every=3",
+            "train.checkpoint_every=3",
+            "train.precision=bf16",
+            "train.group_bucket=4",
+            "data.num_workers=2",
+        ],
+    )
     run = tmp_path / "run"
-    trainer = Trainer(cfg, prepared(), run, device="cuda", progress=False)
+    trainer = Trainer.from_config(cfg, prepared(), run, device="cuda", progress=False)
     assert trainer.device.type == "cuda" and next(trainer.model.parameters()).is_cuda
     assert trainer.optimizer.defaults.get("fused") is True, "AdamW should be the fused one on a GPU"
     loader = trainer._loader()
@@ -108,8 +117,7 @@ def test_gpu_forward_and_backward_match_the_cpu():
         assert float(b.terms[k]) == approx(float(a.terms[k]), 1e-3), k
     for (name, p), q in zip(cpu_model.named_parameters(), gpu_model.parameters()):
         if p.grad is not None and "vision.vit.blocks.0" in name:
-            torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-2, atol=1e-3 * float(p.grad.abs().max()),
-                                       msg=name)
+            torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-2, atol=1e-3 * float(p.grad.abs().max()), msg=name)
 
 
 def test_bf16_autocast_stays_close_to_fp32():
@@ -126,7 +134,7 @@ def test_no_host_sync_inside_a_gpu_training_step(tmp_path):
     from medst.train.loop import Trainer
 
     cfg = load_profile("ci", ["train.steps=8", "train.log_every=8", "train.precision=bf16", "train.group_bucket=4"])
-    trainer = Trainer(cfg, prepared(), tmp_path / "run", device="cuda", progress=False)
+    trainer = Trainer.from_config(cfg, prepared(), tmp_path / "run", device="cuda", progress=False)
     batches = iter(list(itertools.islice(trainer.batches(), 3)))  # on the GPU already
     trainer.train_step(batches)  # lazy initialisation (cuBLAS handles, optimizer state)
     torch.cuda.synchronize()
@@ -134,8 +142,11 @@ def test_no_host_sync_inside_a_gpu_training_step(tmp_path):
 
     def record(message, category, filename, lineno, file=None, line=None):
         if "synchronizing" in str(message):
-            outside = [f for f in traceback.extract_stack()[:-1] if not f.filename.startswith(TORCH_DIR)
-                       and f.filename != __file__]
+            outside = [
+                f
+                for f in traceback.extract_stack()[:-1]
+                if not f.filename.startswith(TORCH_DIR) and f.filename != __file__
+            ]
             origins.append(f"{outside[-1].filename}:{outside[-1].lineno}" if outside else f"{filename}:{lineno}")
 
     with warnings.catch_warnings():

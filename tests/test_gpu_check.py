@@ -1,4 +1,5 @@
 """benchmarks/gpu_check.sh --dry-run: every stage of the GPU check runs on tiny shapes on a CPU, leaving sane files."""
+
 from __future__ import annotations
 
 import csv

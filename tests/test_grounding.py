@@ -1,4 +1,5 @@
 """Pointing game and coordinate mappings of medst.eval.grounding."""
+
 import math
 
 import matplotlib
@@ -9,9 +10,18 @@ import torch
 
 matplotlib.use("Agg")
 
-from medst.eval.grounding import (GroundingItem, PixelAffine, chance_hit_rate, letterbox_affine, load_boxes,
-                                  patch_centers, plot_attention, pointing_game, pointing_hit,
-                                  split_views)
+from medst.eval.grounding import (
+    GroundingItem,
+    PixelAffine,
+    chance_hit_rate,
+    letterbox_affine,
+    load_boxes,
+    patch_centers,
+    plot_attention,
+    pointing_game,
+    pointing_hit,
+    split_views,
+)
 
 
 def reference_letterbox(point, height, width, resize, crop):
@@ -51,7 +61,7 @@ def test_letterbox_affine_follows_a_real_image_pipeline():
     resized = np.asarray(Image.fromarray(original).resize((new_w, new_h), Image.BILINEAR), dtype=float)
     square = np.zeros((resize, resize))
     top, left = (resize - new_h) // 2, (resize - new_w) // 2
-    square[top:top + new_h, left:left + new_w] = resized
+    square[top : top + new_h, left : left + new_w] = resized
     model_input = CenterCrop(crop)(torch.tensor(square)[None])[0].numpy()
     ys, xs = np.nonzero(model_input > 127)
     found = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
@@ -110,12 +120,15 @@ def test_split_views():
 def test_pointing_game_counts():
     grid, size = (4, 4), 64
     identity = PixelAffine(1.0, 1.0, 0.0, 0.0)
-    boxes = pd.DataFrame([
-        ("f1", "frontal", "effusion", 32, 0, 48, 16),  # row 0, col 2
-        ("l1", "lateral", "effusion", 0, 48, 16, 64),  # row 3, col 0
-        ("f1", "frontal", "edema", 0, 0, 16, 16),  # row 0, col 0
-        ("f2", "frontal", "pneumothorax", 0, 0, 64, 16),
-    ], columns=["dicom_id", "view", "finding", "x_min", "y_min", "x_max", "y_max"])
+    boxes = pd.DataFrame(
+        [
+            ("f1", "frontal", "effusion", 32, 0, 48, 16),  # row 0, col 2
+            ("l1", "lateral", "effusion", 0, 48, 16, 64),  # row 3, col 0
+            ("f1", "frontal", "edema", 0, 0, 16, 16),  # row 0, col 0
+            ("f2", "frontal", "pneumothorax", 0, 0, 64, 16),
+        ],
+        columns=["dicom_id", "view", "finding", "x_min", "y_min", "x_max", "y_max"],
+    )
     words = ["small", "effusions", "and", "edema", ""]
     attention = np.zeros((5, 32))
     attention[1, :16] = one_hot_map(grid, 0, 2)  # frontal: hit
@@ -154,8 +167,9 @@ def test_load_boxes_errors(tmp_path):
 
 def test_plot_attention_draws_boxes():
     affine = letterbox_affine(128, 64, resize=64, crop=None)
-    ax = plot_attention(np.zeros((3, 64, 64)), torch.rand(16), np.array([[0, 0, 64, 128]]),
-                        title="effusion", affine=affine)
+    ax = plot_attention(
+        np.zeros((3, 64, 64)), torch.rand(16), np.array([[0, 0, 64, 128]]), title="effusion", affine=affine
+    )
     (rect,) = ax.patches
     assert (rect.get_x(), rect.get_y(), rect.get_width(), rect.get_height()) == (16, 0, 32, 64)
     assert ax.get_title() == "effusion"

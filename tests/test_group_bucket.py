@@ -1,4 +1,5 @@
 """Static shapes for torch.compile: MoVE's view groups padded to a few sizes give the same results as unpadded."""
+
 from __future__ import annotations
 
 import copy
@@ -6,9 +7,11 @@ import copy
 import pytest
 import torch
 
-from medst.data.dataset import Batch, Collator
-from medst.models.vision import create_move
 from medst.config import load_profile
+from medst.data.dataset import Batch, Collator
+from medst.models.medst import build_medst
+from medst.models.vision import create_move
+from medst.train.bench import synthetic_batch, synthetic_tokenizer
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
@@ -69,10 +72,18 @@ def test_compact_padding_is_checked():
 def test_batch_pad_laterals_and_collator():
     def batch(n_lat: int, B: int = 10) -> Batch:
         has = torch.arange(B) < n_lat
-        return Batch(frontal=torch.randn(B, 3, 8, 8), lateral=torch.randn(n_lat, 3, 8, 8), has_lateral=has,
-                     input_ids=torch.zeros(B, 4, dtype=torch.long), attention_mask=torch.ones(B, 4, dtype=torch.long),
-                     num_sequences=0, sequence_length=4, study_ids=list(range(B)), subject_ids=list(range(B)),
-                     texts=[""] * B)
+        return Batch(
+            frontal=torch.randn(B, 3, 8, 8),
+            lateral=torch.randn(n_lat, 3, 8, 8),
+            has_lateral=has,
+            input_ids=torch.zeros(B, 4, dtype=torch.long),
+            attention_mask=torch.ones(B, 4, dtype=torch.long),
+            num_sequences=0,
+            sequence_length=4,
+            study_ids=list(range(B)),
+            subject_ids=list(range(B)),
+            texts=[""] * B,
+        )
 
     b = batch(5)
     p = b.pad_laterals(4)
@@ -83,20 +94,26 @@ def test_batch_pad_laterals_and_collator():
 
     class Tok:  # enough of a tokenizer for the Collator
         def __call__(self, texts, **kw):
-            return {"input_ids": torch.ones(len(texts), 4, dtype=torch.long),
-                    "attention_mask": torch.ones(len(texts), 4, dtype=torch.long)}
+            return {
+                "input_ids": torch.ones(len(texts), 4, dtype=torch.long),
+                "attention_mask": torch.ones(len(texts), 4, dtype=torch.long),
+            }
 
-    items = [{"frontal": torch.zeros(1, 8, 8, dtype=torch.uint8),
-              "lateral": torch.zeros(1, 8, 8, dtype=torch.uint8) if i % 3 == 0 else None,
-              "text": "x", "study_id": i, "subject_id": i} for i in range(7)]
+    items = [
+        {
+            "frontal": torch.zeros(1, 8, 8, dtype=torch.uint8),
+            "lateral": torch.zeros(1, 8, 8, dtype=torch.uint8) if i % 3 == 0 else None,
+            "text": "x",
+            "study_id": i,
+            "subject_id": i,
+        }
+        for i in range(7)
+    ]
     assert Collator(Tok(), lateral_bucket=2)(items).lateral.shape[0] == 4  # 3 laterals, padded to 4
     assert Collator(Tok())(items).lateral.shape[0] == 3
 
 
 def test_medst_loss_is_the_same_with_padded_groups():
-    from medst.models.medst import build_medst
-    from medst.train.bench import synthetic_batch, synthetic_tokenizer
-
     cfg = load_profile("ci", ["model.text.dropout=0.0"])
     torch.manual_seed(0)
     exact = build_medst(cfg, synthetic_tokenizer(cfg.model.text.vocab_size)).train()

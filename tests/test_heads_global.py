@@ -1,4 +1,5 @@
 """Projection heads (Method §2) and the global image-report loss (Method §4)."""
+
 from __future__ import annotations
 
 import math

@@ -6,6 +6,7 @@ the host wait until the device has finished all queued work. This file counts th
 ``TorchDispatchMode`` that sees each operation the step runs (plus the few tensor methods that bypass the
 dispatcher), so CI checks what the GPU run depends on.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -13,18 +14,27 @@ import traceback
 from pathlib import Path
 
 import pytest
-from train_helpers import poison_loss_at
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from train_helpers import poison_loss_at
 
-from medst.train.checkpoint import latest_checkpoint
+import medst.checks
 from medst.config import load_profile
+from medst.train.checkpoint import latest_checkpoint
 from medst.train.loop import NonFiniteLoss, Trainer
 
 TORCH_DIR = str(Path(torch.__file__).parent)
 # Operations that need a tensor's value, or the size of a data-dependent result, on the host.
-SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique2", "unique_consecutive",
-            "unique_dim", "repeat_interleave"}
+SYNC_OPS = {
+    "_local_scalar_dense",
+    "nonzero",
+    "masked_select",
+    "unique",
+    "_unique2",
+    "unique_consecutive",
+    "unique_dim",
+    "repeat_interleave",
+}
 INDEX_OPS = {"index", "index_put", "index_put_", "_index_put_impl_"}
 # Syncs outside this repository that it cannot remove: transformers checks whether an attention mask has any
 # padding (``padding_mask.all()`` in masking_utils) to skip it. Passing the text tower a 4-D mask avoids that.
@@ -47,8 +57,11 @@ class HostSyncs(TorchDispatchMode):
         self._saved: dict[str, object] = {}
 
     def _record(self, op: str) -> None:
-        frames = [f for f in traceback.extract_stack()
-                  if not (f.filename == __file__ and f.name in ("_record", "counted", "__torch_dispatch__"))]
+        frames = [
+            f
+            for f in traceback.extract_stack()
+            if not (f.filename == __file__ and f.name in ("_record", "counted", "__torch_dispatch__"))
+        ]
         if any("/torch/optim/" in f.filename for f in frames):
             return
         outside = [f for f in frames if not f.filename.startswith(TORCH_DIR)]
@@ -57,8 +70,10 @@ class HostSyncs(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name in SYNC_OPS or (name in INDEX_OPS and any(
-                isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (args[1] or ()))):
+        if name in SYNC_OPS or (
+            name in INDEX_OPS
+            and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in (args[1] or ()))
+        ):
             self._record(name)
         return func(*args, **(kwargs or {}))
 
@@ -98,21 +113,27 @@ def test_the_counter_sees_every_kind_of_sync():
         y = x * 2 + 1  # ...and nothing else
         x[torch.tensor([0, 2])] = y[:2]
     ops = [op for op, _ in syncs.hits]
-    assert ops == ["item", "_local_scalar_dense", "_local_scalar_dense", "_local_scalar_dense", "index",
-                   "nonzero", "tolist", "cpu"], syncs.hits
+    assert ops == [
+        "item",
+        "_local_scalar_dense",
+        "_local_scalar_dense",
+        "_local_scalar_dense",
+        "index",
+        "nonzero",
+        "tolist",
+        "cpu",
+    ], syncs.hits
     assert all(origin.startswith(__file__) for _, origin in syncs.hits)
 
 
 def _trainer(prepared_dir, run, *overrides):
     cfg = load_profile("ci", ["train.steps=8", "train.log_every=4", *overrides])
-    return Trainer(cfg, prepared_dir, run, device="cpu", progress=False)
+    return Trainer.from_config(cfg, prepared_dir, run, device="cpu", progress=False)
 
 
 @pytest.fixture
 def as_on_a_gpu(monkeypatch):
     """Input checks take their accelerator branch (asserted on the device, see medst.checks) as on a GPU."""
-    import medst.checks
-
     monkeypatch.setattr(medst.checks, "host_can_read", lambda t: False)
 
 

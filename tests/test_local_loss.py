@@ -1,4 +1,5 @@
 """Modality-weighted local alignment (Method §5) against a per-sample, per-word reference."""
+
 import math
 
 import pytest
@@ -47,9 +48,11 @@ def reference_side(x, y, mha, normalise_context, renormalise_weights):
 
 def reference_loss(module, words, patches):
     """L_word + L_patch: per sample, then averaged over the batch (no padding)."""
-    per_sample = [reference_side(w, p, module.word_weighting, True, True)
-                  + reference_side(p, w, module.patch_weighting, False, False)
-                  for w, p in zip(words, patches)]
+    per_sample = [
+        reference_side(w, p, module.word_weighting, True, True)
+        + reference_side(p, w, module.patch_weighting, False, False)
+        for w, p in zip(words, patches)
+    ]
     return sum(per_sample) / len(per_sample)
 
 
@@ -99,7 +102,7 @@ def test_masked_equals_truncated_and_masked_gradients_are_zero():
     patches.requires_grad_()
     loss = module(words, patches, wm, pm)
     loss.backward()
-    truncated = [module(words[i:i + 1, wm[i]], patches[i:i + 1, pm[i]]) for i in range(2)]
+    truncated = [module(words[i : i + 1, wm[i]], patches[i : i + 1, pm[i]]) for i in range(2)]
     torch.testing.assert_close(loss, sum(truncated) / 2, rtol=1e-10, atol=1e-12)
     assert torch.equal(words.grad[~wm], torch.zeros_like(words.grad[~wm]))
     assert torch.equal(patches.grad[~pm], torch.zeros_like(patches.grad[~pm]))
@@ -121,8 +124,10 @@ def test_mask_words_option():
     # With padding the published form lets padded words in, so the word side differs.
     assert not torch.allclose(masked(words, patches, wm, pm), published(words, patches, wm, pm))
     # ...while the patch side masks padded words as keys in both forms.
-    torch.testing.assert_close(masked(words, patches, wm, pm, return_details=True).loss_patch,
-                               published(words, patches, wm, pm, return_details=True).loss_patch)
+    torch.testing.assert_close(
+        masked(words, patches, wm, pm, return_details=True).loss_patch,
+        published(words, patches, wm, pm, return_details=True).loss_patch,
+    )
 
 
 def test_details_weights_and_maps():
@@ -179,22 +184,27 @@ def _train_weights_only(weighting, steps=300, seed=0):
             module(words, patches).backward()
             opt.step()
     after = module(words, patches, return_details=True)
-    return (weight_stats(before.word_weights), weight_stats(after.word_weights), weight_stats(after.patch_weights),
-            before.loss.item(), after.loss.item())
+    return (
+        weight_stats(before.word_weights),
+        weight_stats(after.word_weights),
+        weight_stats(after.patch_weights),
+        before.loss.item(),
+        after.loss.item(),
+    )
 
 
 def test_published_weights_collapse_and_the_remedies_do_not():
     """The published learned weights minimise Σ ω_i CE_i by moving all weight onto the easiest token."""
     start, words, patches, loss0, loss1 = _train_weights_only("learned")
-    assert start["max_weight"] < 0.3                      # about uniform at init (1/12 words)
-    assert words["max_weight"] > 0.9 and patches["max_weight"] > 0.9   # collapsed onto one token
+    assert start["max_weight"] < 0.3  # about uniform at init (1/12 words)
+    assert words["max_weight"] > 0.9 and patches["max_weight"] > 0.9  # collapsed onto one token
     assert words["entropy"] < 0.2
-    assert loss1 < 0.7 * loss0                            # the loss fell without any feature changing
+    assert loss1 < 0.7 * loss0  # the loss fell without any feature changing
     for remedy in ("detached", "uniform"):
         start, words, patches, loss0, loss1 = _train_weights_only(remedy)
         assert words["max_weight"] < 0.3 and patches["max_weight"] < 0.3, remedy
         assert words["entropy"] > 0.9, remedy
-        assert loss1 == pytest.approx(loss0), remedy       # nothing the loss could bend
+        assert loss1 == pytest.approx(loss0), remedy  # nothing the loss could bend
 
 
 def test_remedy_weights_receive_no_gradient_and_uniform_is_the_mean():
@@ -206,7 +216,7 @@ def test_remedy_weights_receive_no_gradient_and_uniform_is_the_mean():
     learned = LocalAlignment(8, temperature=TAU, weighting="learned").double()
     learned.load_state_dict(detached.state_dict())
     ref = learned(words, patches, wm, pm, return_details=True)
-    torch.testing.assert_close(out.loss, ref.loss)         # same value, only the gradient path differs
+    torch.testing.assert_close(out.loss, ref.loss)  # same value, only the gradient path differs
     torch.testing.assert_close(out.word_weights, ref.word_weights)
     uniform = LocalAlignment(8, temperature=TAU, weighting="uniform").double()
     w = uniform(words, patches, wm, pm, return_details=True).word_weights

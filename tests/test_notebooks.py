@@ -3,11 +3,12 @@
 Chapters run through the session fixture ``executed_book`` (tests/conftest.py): each at most once per
 session, into one folder that tests/test_browser.py renders and looks at in a browser.
 """
+
 from __future__ import annotations
 
 import pytest
 
-from medst.book import ROOT, ChapterError, chapters, execution_order
+from medst.book.build import ROOT, ChapterError, chapters, execution_order
 
 CHAPTERS = execution_order(chapters())  # chapter 7 trains the model chapters 5, 6, 8, 9 load
 
@@ -24,7 +25,7 @@ def test_chapter_runs_under_ci(notebook, executed_book):
 
 
 def test_toc_lists_existing_files():
-    from medst.book import toc_entries
+    from medst.book.build import toc_entries
 
     for entry in toc_entries():
         assert (ROOT / f"{entry}.ipynb").exists() or (ROOT / f"{entry}.md").exists(), entry

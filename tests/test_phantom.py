@@ -1,10 +1,11 @@
-"""The phantom generator (medst.data.phantom): formats, determinism and content.
+"""The phantom generator (medst.phantom): formats, determinism and content.
 
 One 60-patient cohort at 64 px is generated with two worker processes, again in-process (determinism), and a
 small one with another seed. The checks read the written files back with independent code (csv, PIL,
 pydicom) and re-render single images through the generator's own render function where a comparison with
 and without a finding is needed.
 """
+
 from __future__ import annotations
 
 import collections
@@ -17,18 +18,30 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from medst.data import phantom as P
-from medst.data import phantom_render as R
-from medst.data.phantom_reports import sentence_pairs
+from medst import phantom as P
+from medst.phantom import rows as row_types
+from medst.phantom.anatomy import lesions_for
+from medst.phantom.geometry import VIEWS, Ellipsoid, chord, make_grid
+from medst.phantom.render import VISIBLE_LEVELS
+from medst.phantom.reports import sentence_pairs
 
 SEED, N, SIZE = 3, 60, 64
-HEAD_WORD = {"pleural_effusion": "effusion", "consolidation": "consolidation", "edema": "edema",
-             "pneumothorax": "pneumothorax", "pneumonia": "pneumonia", "cardiomegaly": "cardiomegaly"}
+HEAD_WORD = {
+    "pleural_effusion": "effusion",
+    "consolidation": "consolidation",
+    "edema": "edema",
+    "pneumothorax": "pneumothorax",
+    "pneumonia": "pneumonia",
+    "cardiomegaly": "cardiomegaly",
+}
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -94,8 +107,12 @@ def test_same_seed_gives_byte_identical_files_for_any_worker_count(dirs):
 
 def test_different_seed_gives_different_files(dirs):
     a, c = tree_hashes(dirs["a"]), tree_hashes(dirs["c"])
-    for name in ("ms-cxr-t/MS_CXR_T_temporal_sentence_similarity_v1.0.0.csv", "covidx/train.txt",
-                 "rsna/stage_2_train_labels.csv", "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv"):
+    for name in (
+        "ms-cxr-t/MS_CXR_T_temporal_sentence_similarity_v1.0.0.csv",
+        "covidx/train.txt",
+        "rsna/stage_2_train_labels.csv",
+        "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv",
+    ):
         assert a[name] != c[name], name
     images_a = {v for k, v in a.items() if k.endswith(".jpg")}
     images_c = {v for k, v in c.items() if k.endswith(".jpg")}
@@ -167,7 +184,7 @@ def test_studies_views_reports_and_dates(gt):
             assert len(re.findall(r"\w+", body.replace("IMPRESSION:", ""))) >= 3
             comparison = re.search(r"COMPARISON:\s*(.+)", text).group(1)
             assert (comparison == "None.") == (st["study_index"] == "0")
-        assert times == sorted(times) and len(set(d for d, _ in times)) == len(times)   # days apart
+        assert times == sorted(times) and len(set(d for d, _ in times)) == len(times)  # days apart
 
 
 def test_report_text_describes_findings_changes_and_negations(gt):
@@ -184,9 +201,11 @@ def test_report_text_describes_findings_changes_and_negations(gt):
                 assert word in body, (key, f)
     assert 0 < no_findings_section < 0.4 * len(studies)
     assert negated > 0.5 * len(studies)
-    change_words = {"worsening": r"increase|worse|new |progress|larger|developed",
-                    "improving": r"decrease|improv|resolv|resolution|smaller",
-                    "stable": r"unchanged|stable|no significant change"}
+    change_words = {
+        "worsening": r"increase|worse|new |progress|larger|developed",
+        "improving": r"decrease|improv|resolv|resolution|smaller",
+        "stable": r"unchanged|stable|no significant change",
+    }
     for row in gt["progression"]:
         text = report_path(root, row["subject_id"], row["study_id"]).read_text(encoding="utf-8").lower()
         sentences = re.split(r"(?<=\.)\s+", text.split("comparison:")[1])
@@ -213,7 +232,7 @@ def test_dicoms_read_back_with_pydicom_in_several_encodings(gt):
         assert ds.PatientID == pid and ds.Modality in ("CR", "DX")
         px = ds.pixel_array
         assert px.shape == (ds.Rows, ds.Columns) == (SIZE, SIZE)
-        assert int(px.max()) < 2 ** ds.BitsStored and px.std() > 0
+        assert int(px.max()) < 2**ds.BitsStored and px.std() > 0
         if ds.BitsStored > 8:
             assert "RescaleSlope" in ds and "WindowCenter" in ds and px.dtype == np.uint16
         seen[(ds.PhotometricInterpretation, ds.BitsStored > 8)] += 1
@@ -275,6 +294,41 @@ def test_phantom_json(dirs, gt):
     assert c["sequences"] == len(gt["sequences"]) and c["boxes"] == len(gt["boxes"])
 
 
+def test_table_headers_are_the_row_types_fields(gt):
+    """Every CSV's header is its row type's field names; the per-finding columns follow FINDINGS (MS-CXR-T's
+    follow MSCXRT_FINDINGS)."""
+    root = gt["root"]
+    tables = {
+        "mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv": row_types.MetadataRow,
+        "mimic-cxr-jpg/mimic-cxr-2.0.0-split.csv": row_types.SplitRow,
+        "ground_truth/studies.csv": row_types.StudyRow,
+        "ground_truth/progression.csv": row_types.ProgressionRow,
+        "ground_truth/boxes.csv": row_types.BoxRow,
+        "ground_truth/sequences.csv": row_types.SequenceRow,
+        "ms-cxr-t/MS_CXR_T_temporal_image_classification_v1.0.0.csv": row_types.MscxrtRow,
+        "ms-cxr-t/MS_CXR_T_temporal_sentence_similarity_v1.0.0.csv": row_types.SentencePairRow,
+        "rsna/stage_2_train_labels.csv": row_types.RsnaRow,
+    }
+    for name, row_type in tables.items():
+        with open(root / name, newline="", encoding="utf-8") as fh:
+            assert tuple(next(csv.reader(fh))) == row_type._fields, name
+    per_finding = tuple(f"{f}_{k}" for f in P.FINDINGS for k in ("severity", "side", "lateral_only"))
+    assert row_types.StudyRow._fields[8:] == per_finding
+    assert row_types.ProgressionRow._fields[3:] == tuple(f"{f}_progression" for f in P.FINDINGS)
+    assert row_types.MscxrtRow._fields[5:] == tuple(f"{f}_progression" for f in P.MSCXRT_FINDINGS)
+    assert set(row_types.Tables.__dataclass_fields__) == {
+        "metadata",
+        "split",
+        "studies",
+        "progression",
+        "boxes",
+        "sequences",
+        "mscxrt",
+        "rsna",
+        "covidx",
+    }
+
+
 # ---------------------------------------------------------------------------------------------- content
 
 
@@ -315,8 +369,9 @@ def test_progression_labels_follow_severities_and_are_balanced(gt):
                 assert label == "stable" and abs(b - a) <= 0.03 + 1e-6
     # balance among pairs where the finding is present in at least one study: here and in a bigger planned cohort
     cohorts = [[(f, row[f"{f}_progression"]) for row in gt["progression"] for f in P.FINDINGS]]
-    cohorts.append([(f, st.progression[f]) for i in range(150) for st in P.plan_patient(0, i, 150, 32).studies
-                    for f in P.FINDINGS])
+    cohorts.append(
+        [(f, st.progression[f]) for i in range(150) for st in P.plan_patient(0, i, 150, 32).studies for f in P.FINDINGS]
+    )
     for pairs in cohorts:
         for f in P.FINDINGS:
             labels = collections.Counter(lab for g, lab in pairs if g == f and lab)
@@ -348,7 +403,7 @@ def test_sequences_are_all_windows_of_four(gt):
     want = []
     for subject, rows in by_subject(gt["studies"]).items():
         ids = [r["study_id"] for r in rows]
-        want += [(rows[0]["split"], subject, str(k), ";".join(ids[k:k + 4])) for k in range(len(ids) - 3)]
+        want += [(rows[0]["split"], subject, str(k), ";".join(ids[k : k + 4])) for k in range(len(ids) - 3)]
     got = [(r["split"], r["subject_id"], r["sequence_index"], r["study_ids"]) for r in gt["sequences"]]
     assert sorted(got) == sorted(want)
     assert len(got) == sum(max(0, len(v) - 3) for v in by_subject(gt["studies"]).values()) > 0
@@ -371,12 +426,12 @@ def test_lateral_only_effusions_are_invisible_on_the_frontal_view(gt):
         assert plan.subject_id == int(r["subject_id"])
         k = int(r["study_index"])
         diff = {}
-        for view in R.VIEWS:
+        for view in VIEWS:
             with_it = P.render_study_view(plan, k, view, noise=False).clean
             without = P.render_study_view(plan, k, view, exclude=("pleural_effusion",), noise=False).clean
             diff[view] = np.abs(with_it - without).max()
         assert diff["frontal"] < 1.5, "the frontal image changes by less than 1.5 grey levels anywhere"
-        assert diff["lateral"] >= R.VISIBLE_LEVELS
+        assert diff["lateral"] >= VISIBLE_LEVELS
 
 
 def test_lateral_only_effusion_blunts_the_posterior_recess():
@@ -389,14 +444,17 @@ def test_lateral_only_effusion_blunts_the_posterior_recess():
         for k, st in enumerate(plan.studies):
             if not st.lateral_only("pleural_effusion"):
                 continue
-            d = {view: P.render_study_view(plan, k, view, noise=False).clean
-                 - P.render_study_view(plan, k, view, exclude=("pleural_effusion",), noise=False).clean
-                 for view in R.VIEWS}
+            d = {
+                view: P.render_study_view(plan, k, view, noise=False).clean
+                - P.render_study_view(plan, k, view, exclude=("pleural_effusion",), noise=False).clean
+                for view in VIEWS
+            }
             assert np.abs(d["frontal"]).max() < 1.5
             assert (d["lateral"] >= 10).sum() >= 20, (index, k, int((d["lateral"] >= 10).sum()))
             an = plan.anatomy
-            for les in R.lesions_for("pleural_effusion", st.severity["pleural_effusion"],
-                                     plan.sides["pleural_effusion"], an):
+            for les in lesions_for(
+                "pleural_effusion", st.severity["pleural_effusion"], plan.sides["pleural_effusion"], an
+            ):
                 low, high = les.blobs[0].extent()
                 pts = np.random.default_rng(0).uniform(low, high, size=(4000, 3))
                 fluid = les.blobs[0].contains(pts) & an.lungs[les.side].contains(pts)
@@ -446,9 +504,11 @@ def test_findings_are_visible_and_grow_with_severity(gt):
             picked[(f, band)] += 1
             plan = P.plan_patient(SEED, index[r["subject_id"]], N, SIZE)
             k = int(r["study_index"])
-            d = np.abs(P.render_study_view(plan, k, "frontal", noise=False).clean
-                       - P.render_study_view(plan, k, "frontal", exclude=(f,), noise=False).clean)
-            contrast[(f, band)].append(float(np.sort(d.ravel())[-20:].mean()))   # 20 most changed pixels
+            d = np.abs(
+                P.render_study_view(plan, k, "frontal", noise=False).clean
+                - P.render_study_view(plan, k, "frontal", exclude=(f,), noise=False).clean
+            )
+            contrast[(f, band)].append(float(np.sort(d.ravel())[-20:].mean()))  # 20 most changed pixels
     for f in P.FINDINGS:
         severe = contrast[(f, "severe")]
         assert severe and min(severe) >= 10.0, (f, severe)
@@ -474,8 +534,12 @@ def test_frontal_and_lateral_come_from_one_3d_description(gt):
                 continue
             spans = []
             for image, bs in ((st.frontal, fb), (st.lateral, lb)):
-                grid = R.make_grid(image.view, image.shape, plan.anatomy.center + np.asarray(image.exposure.shift),
-                                   image.exposure.magnification)
+                grid = make_grid(
+                    image.view,
+                    image.shape,
+                    plan.anatomy.center + np.asarray(image.exposure.shift),
+                    image.exposure.magnification,
+                )
                 top = grid.rows[0] - (min(int(b["y_min"]) for b in bs) - 0.5) * grid.pitch
                 bottom = grid.rows[0] - (max(int(b["y_max"]) for b in bs) - 0.5) * grid.pitch
                 spans.append((bottom, top))
@@ -487,11 +551,11 @@ def test_frontal_and_lateral_come_from_one_3d_description(gt):
 
 def test_ray_integrals_match_numerical_integration():
     rng = np.random.default_rng(0)
-    ell = R.Ellipsoid.make((0.1, -0.05, 0.2), (0.3, 0.2, 0.4), tilt_y=0.4, tilt_x=-0.3)
-    for view in R.VIEWS:
-        grid = R.make_grid(view, (40, 36), (0.0, 0.0, 0.0), 1.0)
+    ell = Ellipsoid.make((0.1, -0.05, 0.2), (0.3, 0.2, 0.4), tilt_y=0.4, tilt_x=-0.3)
+    for view in VIEWS:
+        grid = make_grid(view, (40, 36), (0.0, 0.0, 0.0), 1.0)
         full = (slice(0, 40), slice(0, 36))
-        analytic = R.chord(ell, grid, full)
+        analytic = chord(ell, grid, full)
         t = np.linspace(-1.5, 1.5, 6001)
         e, ca = (1, 0) if view == "frontal" else (0, 1)
         for _ in range(20):
@@ -505,8 +569,10 @@ def test_ray_integrals_match_numerical_integration():
 def test_sentence_pairs(gt):
     rows = gt["sentences"]
     assert 200 <= len(rows) <= 600
-    assert collections.Counter(r["category"] for r in rows) == {"paraphrase": len(rows) // 2,
-                                                                 "contradiction": len(rows) // 2}
+    assert collections.Counter(r["category"] for r in rows) == {
+        "paraphrase": len(rows) // 2,
+        "contradiction": len(rows) // 2,
+    }
     assert {r["subset_name"] for r in rows} == {"RadGraph"}
     words = [HEAD_WORD[f] for f in P.MSCXRT_FINDINGS]
     up, down = r"increase|worse|progress", r"decrease|improv"

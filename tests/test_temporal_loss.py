@@ -45,7 +45,7 @@ def reference_rmr(a, b, similarity, delta=2.0):
             var = sum(alpha[k] * (times[k] - mu) ** 2 for k in range(steps))
             error = times[t] - mu
             if abs(float(error)) < delta:
-                terms.append(error ** 2 / (var + EPS) + LAMBDA * torch.log(var + EPS))
+                terms.append(error**2 / (var + EPS) + LAMBDA * torch.log(var + EPS))
             else:
                 terms.append(delta * (abs(error) - delta / 2))
     return sum(terms) / len(terms)

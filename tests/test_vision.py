@@ -1,12 +1,14 @@
 """MoVE (Method §3): plain-ViT equivalence, routing, batch independence, init, checkpoints."""
+
 from __future__ import annotations
 
 import pytest
 import timm
 import torch
-import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from medst.config import load_profile
+from medst.models.build import build_vision
 from medst.models.vision import MoVE, create_move
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)  # N = 16 patches per view
@@ -20,8 +22,9 @@ ATOL = 1e-5
 
 def make_move(variant: str = "plain", lateral_init: str = "random", seed: int = 0, experts: str = "move") -> MoVE:
     torch.manual_seed(seed)
-    return create_move("vit_base_patch16_224", lateral_init=lateral_init, experts=experts, **TINY,
-                       **VARIANTS[variant]).eval()
+    return create_move(
+        "vit_base_patch16_224", lateral_init=lateral_init, experts=experts, **TINY, **VARIANTS[variant]
+    ).eval()
 
 
 def images(n: int, seed: int) -> torch.Tensor:
@@ -177,13 +180,20 @@ def test_lateral_init():
         make_move(lateral_init="mean")
 
 
-@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".bin", "-ddp.pth"])
 def test_create_from_local_checkpoint(tmp_path, suffix):
     torch.manual_seed(42)
     vit = timm.create_model("vit_base_patch16_224", num_classes=5, **TINY)  # with a classifier, ignored
     path = tmp_path / f"vit{suffix}"
     state = {k: v.contiguous() for k, v in vit.state_dict().items()}
-    save_file(state, str(path)) if suffix == ".safetensors" else torch.save({"state_dict": state}, path)
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    elif suffix == ".bin":  # a bare state dict, as transformers-style releases ship it
+        torch.save(state, path)
+    elif suffix == "-ddp.pth":  # saved from a DDP-wrapped model: every key starts with "module."
+        torch.save({"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+    else:
+        torch.save({"state_dict": state}, path)
     move = create_move("vit_base_patch16_224", checkpoint_path=str(path), lateral_init="frontal", **TINY).eval()
     for k, v in move.vit.state_dict().items():
         assert torch.equal(v, state[k]), k
@@ -204,6 +214,14 @@ def test_create_from_local_checkpoint(tmp_path, suffix):
 def test_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         create_move("vit_base_patch16_224", checkpoint_path=str(tmp_path / "none.pth"), **TINY)
+    for name, content in (
+        ("tensor.pth", torch.zeros(3)),
+        ("list.pth", [torch.zeros(3)]),
+        ("numbers.pth", {"epoch": 3, "lr": 0.1}),
+    ):
+        torch.save(content, tmp_path / name)
+        with pytest.raises(ValueError, match=f"{name} does not hold a state dict"):
+            create_move("vit_base_patch16_224", checkpoint_path=str(tmp_path / name), **TINY)
     other = timm.create_model("vit_base_patch16_224", num_classes=0, **{**TINY, "depth": 3})
     path = tmp_path / "deeper.safetensors"
     save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(path))
@@ -226,7 +244,8 @@ def test_attention_probabilities_match_timm():
     captured = {}
     for blk in move.vit.blocks:
         blk.attn.fused_attn = False  # timm's explicit path exposes probabilities to attn_drop
-    hook = move.vit.blocks[1].attn.attn_drop.register_forward_hook(lambda m, i, o: captured.setdefault("p", []).append(o))
+    attn_drop = move.vit.blocks[1].attn.attn_drop
+    hook = attn_drop.register_forward_hook(lambda m, i, o: captured.setdefault("p", []).append(o))
     with torch.no_grad():
         move(f, lat, has)
         hook.remove()
@@ -269,7 +288,7 @@ def test_shared_ffn_equals_move_with_frontal_weights_in_lateral_experts(variant)
     # and the shared model is the written-out reference with the frontal FFN for lateral tokens
     with torch.no_grad():
         ref = reference_joint(move, f[0], lat[0])
-    assert torch.allclose(a.patches[0], ref[move.num_prefix_tokens:], atol=ATOL)
+    assert torch.allclose(a.patches[0], ref[move.num_prefix_tokens :], atol=ATOL)
 
 
 def test_shared_ffn_has_no_lateral_expert_parameters():
@@ -297,9 +316,6 @@ def test_shared_ffn_checkpoint_and_config(tmp_path):
     with pytest.raises(ValueError, match="experts='shared'"):
         create_move("vit_base_patch16_224", checkpoint_path=str(path), **TINY)
     # the profile's model.vision.experts reaches the tower
-    from medst.models.build import build_vision
-    from medst.config import load_profile
-
     assert build_vision(load_profile("ci", ["model.vision.experts=shared"])).lateral_experts is None
     assert build_vision(load_profile("ci")).lateral_experts is not None
 
@@ -310,8 +326,5 @@ def test_bad_experts_value_is_refused():
     vit = timm.create_model("vit_base_patch16_224", num_classes=0, **TINY)
     with pytest.raises(ValueError, match=r"must be one of 'move', 'shared', got 'Shared'"):
         MoVE(vit, experts="Shared")
-    from medst.models.build import build_vision
-    from medst.config import load_profile
-
     with pytest.raises(ValueError, match="model.vision.experts"):
         build_vision(load_profile("ci", ["model.vision.experts=none"]))

@@ -1,4 +1,5 @@
 """Helpers shared by the training tests."""
+
 from __future__ import annotations
 
 from medst.train import loop

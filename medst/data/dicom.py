@@ -9,6 +9,7 @@ The pixel pipeline of the DICOM standard (PS3.3 C.11), done with pydicom's own f
    means the same value in every file);
 4. MONOCHROME1 (white = 0) is inverted so that 1 is always white, as in MONOCHROME2.
 """
+
 from __future__ import annotations
 
 import os

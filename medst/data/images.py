@@ -4,6 +4,7 @@ Every image Med-ST sees is first resized so that its long side is ``side`` pixel
 centred, to a ``side × side`` square (``side`` = 256 for a 224 crop; ``cache_side(image_size)`` in general).
 ``medst prepare`` stores exactly this array in its image cache, so training never decodes a full-size image.
 """
+
 from __future__ import annotations
 
 import math
@@ -93,11 +94,12 @@ def resize_pad(img: np.ndarray, side: int) -> np.ndarray:
     scale = side / max(h, w)
     nh, nw = max(1, min(side, round(h * scale))), max(1, min(side, round(w * scale)))
     if (nh, nw) != (h, w):
-        img = np.asarray(Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).resize(
-            (nw, nh), Image.Resampling.BILINEAR))
+        img = np.asarray(
+            Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).resize((nw, nh), Image.Resampling.BILINEAR)
+        )
     out = np.zeros((side, side), dtype=np.uint8)
     top, left = (side - nh) // 2, (side - nw) // 2
-    out[top:top + nh, left:left + nw] = img
+    out[top : top + nh, left : left + nw] = img
     return out
 
 

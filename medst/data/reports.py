@@ -14,6 +14,7 @@ Med-ST uses *impression + findings* (in that order); when a report has neither s
 report's last paragraph. A study is usable when that text has at least ``min_words`` word tokens
 (lower-cased ``\\w+`` tokens).
 """
+
 from __future__ import annotations
 
 import re
@@ -46,7 +47,7 @@ def extract_sections(text: str) -> dict[str, str]:
     for k, match in enumerate(matches):
         name = normalise_whitespace(match.group(1)).lower()
         end = matches[k + 1].start() if k + 1 < len(matches) else len(text)
-        body = normalise_whitespace(text[match.end():end])
+        body = normalise_whitespace(text[match.end() : end])
         sections[name] = f"{sections[name]} {body}".strip() if name in sections else body
     return sections
 
@@ -60,7 +61,7 @@ def last_paragraph(text: str) -> str:
     para = paragraphs[-1]
     header = _HEADER.match(para.lstrip("\n"))
     if header is not None:
-        para = para.lstrip("\n")[header.end():]
+        para = para.lstrip("\n")[header.end() :]
     return normalise_whitespace(para)
 
 

@@ -11,18 +11,20 @@ Every evaluation task needs the same three things, gathered here:
 Images are pre-processed exactly as pre-training's evaluation-time images are (Method §1): decoded to uint8
 grey levels, resized so the long side is ``cache_side(image_size)`` and zero-padded to a square
 (:func:`medst.data.images.load_resized`, the cache ``medst prepare`` writes), centre-cropped to ``image_size``
-and normalised with mean 0.5, std 0.5 (:func:`medst.data.dataset.eval_transform`).
+and normalised with mean 0.5, std 0.5 (:func:`medst.data.transforms.eval_transform`).
 
 Everything runs batched under ``torch.no_grad`` with a tqdm bar; returned tensors live on the CPU.
 """
+
 from __future__ import annotations
 
 import copy
 import json
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,12 +32,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from medst.utils import resolve_device, seed_everything
-from medst.data.dataset import ImageTransform
+from medst.config import Config
 from medst.data.dicom import read_dicom_uint8
 from medst.data.images import cache_side, load_resized, resize_pad
+from medst.data.transforms import ImageTransform
+from medst.models.medst import build_medst, load_run
+from medst.utils import resolve_device, seed_everything
 
-ImageSource = Union[str, os.PathLike, np.ndarray]   # a file or a uint8 [H, W] array
+ImageSource = str | os.PathLike | np.ndarray  # a file or a uint8 [H, W] array
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
@@ -96,8 +100,9 @@ def _randomise_text_tower(model) -> None:
     model.text.model = fresh
 
 
-def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.device] = "auto", *,
-               random_init: bool = False, seed: int = 0) -> EvalModel:
+def load_model(
+    checkpoint: str | os.PathLike, device: str | torch.device = "auto", *, random_init: bool = False, seed: int = 0
+) -> EvalModel:
     """Load a run folder written by ``medst pretrain`` for evaluation.
 
     Args:
@@ -111,9 +116,6 @@ def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.dev
     Returns:
         :class:`EvalModel` in eval mode.
     """
-    from medst.models.medst import build_medst, load_run
-    from medst.config import Config
-
     run = Path(checkpoint)
     dev = resolve_device(device)
     if not random_init:
@@ -124,8 +126,10 @@ def load_model(checkpoint: Union[str, os.PathLike], device: Union[str, torch.dev
 
     missing = [n for n in ("config.json", "tokenizer") if not (run / n).exists()]
     if missing:
-        raise FileNotFoundError(f"{run}: not a run folder (missing {', '.join(missing)}); a random baseline needs "
-                                "the run's config.json and tokenizer/ to copy its architecture")
+        raise FileNotFoundError(
+            f"{run}: not a run folder (missing {', '.join(missing)}); a random baseline needs "
+            "the run's config.json and tokenizer/ to copy its architecture"
+        )
     cfg = Config.from_dict(json.loads((run / "config.json").read_text()))
     cfg = copy.deepcopy(cfg)
     cfg.model.vision.pretrained = False
@@ -157,8 +161,9 @@ def read_resized(source: ImageSource, side: int) -> np.ndarray:
     return load_resized(path, side)
 
 
-def read_resized_many(sources: Sequence[ImageSource], side: int, progress: bool = True,
-                      desc: str = "images") -> np.ndarray:
+def read_resized_many(
+    sources: Sequence[ImageSource], side: int, progress: bool = True, desc: str = "images"
+) -> np.ndarray:
     """Many images -> uint8 [N, side, side] (see :func:`read_resized`), e.g. to keep a data set in memory."""
     out = np.zeros((len(sources), side, side), dtype=np.uint8)
     for i, src in enumerate(tqdm(sources, desc=desc, disable=not progress, leave=False)):
@@ -166,7 +171,7 @@ def read_resized_many(sources: Sequence[ImageSource], side: int, progress: bool 
     return out
 
 
-def has_image(source: Optional[ImageSource]) -> bool:
+def has_image(source: ImageSource | None) -> bool:
     """False for a missing view: None, "" or NaN (an empty CSV cell)."""
     if source is None or isinstance(source, float):
         return False
@@ -180,8 +185,13 @@ class StudyImages(Dataset):
     random crops instead of centre crops (used by fine-tuning).
     """
 
-    def __init__(self, frontal: Sequence[ImageSource], image_size: int,
-                 lateral: Optional[Sequence[Optional[ImageSource]]] = None, train: bool = False) -> None:
+    def __init__(
+        self,
+        frontal: Sequence[ImageSource],
+        image_size: int,
+        lateral: Sequence[ImageSource | None] | None = None,
+        train: bool = False,
+    ) -> None:
         if lateral is not None and len(lateral) != len(frontal):
             raise ValueError(f"StudyImages: {len(frontal)} frontal but {len(lateral)} lateral entries")
         self.frontal, self.lateral = list(frontal), (list(lateral) if lateral is not None else None)
@@ -199,18 +209,35 @@ class StudyImages(Dataset):
         return front, self.transform(read_resized(lat_src, self.side)), True
 
 
-def image_batches(frontal: Sequence[ImageSource], image_size: int,
-                  lateral: Optional[Sequence[Optional[ImageSource]]] = None, *, batch_size: int = 64,
-                  num_workers: int = 0, train: bool = False) -> DataLoader:
+def image_batches(
+    frontal: Sequence[ImageSource],
+    image_size: int,
+    lateral: Sequence[ImageSource | None] | None = None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    train: bool = False,
+) -> DataLoader:
     """A DataLoader of ``(frontal [B,3,S,S], lateral [B,3,S,S], has_lateral [B])`` in input order."""
-    return DataLoader(StudyImages(frontal, image_size, lateral, train=train), batch_size=batch_size,
-                      shuffle=False, num_workers=num_workers)
+    return DataLoader(
+        StudyImages(frontal, image_size, lateral, train=train),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+    )
 
 
 @torch.no_grad()
-def embed_images(em: EvalModel, frontal: Sequence[ImageSource],
-                 lateral: Optional[Sequence[Optional[ImageSource]]] = None, *, batch_size: int = 64,
-                 num_workers: int = 0, progress: bool = True, desc: str = "embed images") -> torch.Tensor:
+def embed_images(
+    em: EvalModel,
+    frontal: Sequence[ImageSource],
+    lateral: Sequence[ImageSource | None] | None = None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+    desc: str = "embed images",
+) -> torch.Tensor:
     """Global image embeddings (Method §2: [CLS] -> global head -> L2 normalisation).
 
     Args:
@@ -240,18 +267,21 @@ def tokenize(em: EvalModel, texts: Sequence[str]) -> dict[str, torch.Tensor]:
     """Texts -> ``input_ids``, ``attention_mask`` [B, T] on the model's device (padded to the longest,
     truncated to ``cfg.data.max_length`` tokens as in pre-training)."""
     enc = em.tokenizer(list(texts), padding=True, truncation=True, max_length=em.max_length, return_tensors="pt")
-    return {"input_ids": enc["input_ids"].long().to(em.device),
-            "attention_mask": enc["attention_mask"].long().to(em.device)}
+    return {
+        "input_ids": enc["input_ids"].long().to(em.device),
+        "attention_mask": enc["attention_mask"].long().to(em.device),
+    }
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 @torch.no_grad()
-def embed_texts(em: EvalModel, texts: Sequence[str], *, batch_size: int = 128, progress: bool = True,
-                desc: str = "embed texts") -> torch.Tensor:
+def embed_texts(
+    em: EvalModel, texts: Sequence[str], *, batch_size: int = 128, progress: bool = True, desc: str = "embed texts"
+) -> torch.Tensor:
     """Global text embeddings ([CLS] -> global head -> L2 normalisation): N strings -> [N, d] on the CPU."""
     texts = [str(t) for t in texts]
     out = []

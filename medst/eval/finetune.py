@@ -14,13 +14,14 @@ so even 1 % sees every class. Reported: test accuracy for every fraction and met
 Data: ``DIR/covidx/train.txt`` and ``test.txt``, lines ``patient_id filename label source``, images in
 ``DIR/covidx/train/`` and ``DIR/covidx/test/``.
 """
+
 from __future__ import annotations
 
 import copy
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -29,11 +30,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from medst.data.transforms import eval_transform, train_transform
+from medst.eval.embed import embed_images, read_resized_many
+from medst.eval.temporal import mimic_image_paths
+
 CLASSES = ("normal", "pneumonia", "COVID-19")
 FRACTIONS = (0.01, 0.1, 1.0)
 
 
-def read_covidx_split(data_root: Union[str, os.PathLike], split: str) -> pd.DataFrame:
+def read_covidx_split(data_root: str | os.PathLike, split: str) -> pd.DataFrame:
     """``covidx/{split}.txt`` -> DataFrame(patient_id, filename, label, source, path, y) with y = class index."""
     root = Path(data_root) / "covidx"
     listing = root / f"{split}.txt"
@@ -46,8 +51,14 @@ def read_covidx_split(data_root: Union[str, os.PathLike], split: str) -> pd.Data
             continue
         if len(parts) < 3:
             raise ValueError(f"{listing}:{number}: expected 'patient_id filename label [source]', got {line!r}")
-        rows.append({"patient_id": parts[0], "filename": parts[1], "label": parts[2],
-                     "source": parts[3] if len(parts) > 3 else ""})
+        rows.append(
+            {
+                "patient_id": parts[0],
+                "filename": parts[1],
+                "label": parts[2],
+                "source": parts[3] if len(parts) > 3 else "",
+            }
+        )
     table = pd.DataFrame(rows, columns=["patient_id", "filename", "label", "source"])
     lookup = {c.lower(): i for i, c in enumerate(CLASSES)}
     bad = sorted({lab for lab in table["label"] if lab.lower() not in lookup})
@@ -81,8 +92,9 @@ def subsample(labels: Sequence[int], fraction: float, seed: int = 0) -> np.ndarr
     return np.sort(np.concatenate(keep))
 
 
-def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                          C: float = 1.0) -> float:
+def linear_probe_accuracy(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, C: float = 1.0
+) -> float:
     """Test accuracy of a logistic regression (after standardisation) on frozen features [n, f]."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -109,29 +121,48 @@ class ImageClassifier(nn.Module):
 
 
 def _to_inputs(squares: np.ndarray, transform) -> torch.Tensor:
-    """uint8 [B, side, side] -> float [B, 3, S, S] through an :class:`~medst.data.dataset.ImageTransform`."""
+    """uint8 [B, side, side] -> float [B, 3, S, S] through an :class:`~medst.data.transforms.ImageTransform`."""
     return torch.stack([transform(img) for img in squares])
 
 
 @torch.no_grad()
-def classifier_accuracy(model: ImageClassifier, squares: np.ndarray, labels: np.ndarray, image_size: int,
-                        device: torch.device, batch_size: int = 64) -> float:
+def classifier_accuracy(
+    model: ImageClassifier,
+    squares: np.ndarray,
+    labels: np.ndarray,
+    image_size: int,
+    device: torch.device,
+    batch_size: int = 64,
+) -> float:
     """Accuracy on centre crops of uint8 [n, side, side] resized-and-padded images."""
-    from medst.data.dataset import eval_transform
-
     model.eval()
     transform = eval_transform(image_size)
     correct = 0
     for start in range(0, len(squares), batch_size):
-        x = _to_inputs(squares[start:start + batch_size], transform).to(device)
-        correct += int((model(x).argmax(dim=1).cpu().numpy() == labels[start:start + batch_size]).sum())
+        x = _to_inputs(squares[start : start + batch_size], transform).to(device)
+        correct += int((model(x).argmax(dim=1).cpu().numpy() == labels[start : start + batch_size]).sum())
     return correct / len(squares)
 
 
-def finetune_accuracy(vision: nn.Module, train_squares: np.ndarray, train_y: np.ndarray, test_squares: np.ndarray,
-                      test_y: np.ndarray, *, image_size: int, device: torch.device, epochs: int = 3,
-                      lr: float = 1e-4, head_lr: float = 1e-3, weight_decay: float = 0.05, batch_size: int = 32,
-                      min_steps: int = 10, seed: int = 0, progress: bool = True, desc: str = "fine-tune") -> float:
+def finetune_accuracy(
+    vision: nn.Module,
+    train_squares: np.ndarray,
+    train_y: np.ndarray,
+    test_squares: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    image_size: int,
+    device: torch.device,
+    epochs: int = 3,
+    lr: float = 1e-4,
+    head_lr: float = 1e-3,
+    weight_decay: float = 0.05,
+    batch_size: int = 32,
+    min_steps: int = 10,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "fine-tune",
+) -> float:
     """Fine-tune a copy of ``vision`` with a linear classifier; return the test accuracy.
 
     Steps: ``max(epochs · ceil(n / batch_size), min_steps)`` (so a 1 % subset still takes a few steps), each a
@@ -142,13 +173,12 @@ def finetune_accuracy(vision: nn.Module, train_squares: np.ndarray, train_y: np.
         train_squares, test_squares: uint8 [n, side, side] resized-and-padded images.
         train_y, test_y: [n] class indices.
     """
-    from medst.data.dataset import train_transform
-
     torch.manual_seed(seed)
     model = ImageClassifier(copy.deepcopy(vision), len(CLASSES)).to(device)
-    optimizer = torch.optim.AdamW([{"params": model.vision.parameters(), "lr": lr},
-                                   {"params": model.classifier.parameters(), "lr": head_lr}],
-                                  weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(
+        [{"params": model.vision.parameters(), "lr": lr}, {"params": model.classifier.parameters(), "lr": head_lr}],
+        weight_decay=weight_decay,
+    )
     transform = train_transform(image_size)
     n = len(train_y)
     steps = max(epochs * math.ceil(n / batch_size), min_steps)
@@ -159,7 +189,7 @@ def finetune_accuracy(vision: nn.Module, train_squares: np.ndarray, train_y: np.
     for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         if len(order) < min(batch_size, n):
             order = np.concatenate([order, rng.permutation(n)])
-        idx, order = order[:min(batch_size, n)], order[min(batch_size, n):]
+        idx, order = order[: min(batch_size, n)], order[min(batch_size, n) :]
         x = _to_inputs(train_squares[idx], transform).to(device)
         loss = F.cross_entropy(model(x), y_all[idx].to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -172,9 +202,16 @@ def _pct(fraction: float) -> str:
     return f"{fraction * 100:g}%"
 
 
-def covidx(em, data_root: Union[str, os.PathLike], *, fractions: Sequence[float] = FRACTIONS,
-           epochs: Optional[int] = None, finetune: bool = True, seed: int = 0,
-           progress: bool = True) -> dict[str, float]:
+def covidx(
+    em,
+    data_root: str | os.PathLike,
+    *,
+    fractions: Sequence[float] = FRACTIONS,
+    epochs: int | None = None,
+    finetune: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
     """COVIDx linear probe and fine-tuning at several label fractions (see the module docstring).
 
     Args:
@@ -186,8 +223,6 @@ def covidx(em, data_root: Union[str, os.PathLike], *, fractions: Sequence[float]
         ``probe_acc@{p}`` and ``finetune_acc@{p}`` and ``n_train@{p}`` for each fraction (p like "1%"),
         ``n_test``, ``majority`` (test accuracy of always answering the commonest training class), ``epochs``.
     """
-    from medst.eval.embed import embed_images, read_resized_many
-
     train, test = read_covidx_split(data_root, "train"), read_covidx_split(data_root, "test")
     side = em.cache_side
     train_sq = read_resized_many(train["path"].tolist(), side, progress, desc="COVIDx train")
@@ -198,9 +233,11 @@ def covidx(em, data_root: Union[str, os.PathLike], *, fractions: Sequence[float]
     if epochs is None:
         epochs = {"ci": 2, "cpu": 3}.get(em.profile, 10)
 
-    out: dict[str, float] = {"n_test": int(len(test_y)),
-                             "majority": float((test_y == np.bincount(train_y).argmax()).mean()),
-                             "epochs": int(epochs)}
+    out: dict[str, float] = {
+        "n_test": int(len(test_y)),
+        "majority": float((test_y == np.bincount(train_y).argmax()).mean()),
+        "epochs": int(epochs),
+    }
     for fraction in fractions:
         idx = subsample(train_y, fraction, seed=seed)
         p = _pct(fraction)
@@ -208,14 +245,31 @@ def covidx(em, data_root: Union[str, os.PathLike], *, fractions: Sequence[float]
         out[f"probe_acc@{p}"] = linear_probe_accuracy(train_emb[idx], train_y[idx], test_emb, test_y)
         if finetune:
             out[f"finetune_acc@{p}"] = finetune_accuracy(
-                em.model.vision, train_sq[idx], train_y[idx], test_sq, test_y, image_size=em.image_size,
-                device=em.device, epochs=epochs, seed=seed, progress=progress, desc=f"fine-tune {p}")
+                em.model.vision,
+                train_sq[idx],
+                train_y[idx],
+                test_sq,
+                test_y,
+                image_size=em.image_size,
+                device=em.device,
+                epochs=epochs,
+                seed=seed,
+                progress=progress,
+                desc=f"fine-tune {p}",
+            )
     return out
 
 
-def lateral_finding_probe(em, data_root: Union[str, os.PathLike], *, splits: Optional[Sequence[str]] = None,
-                          folds: int = 5, max_studies: Optional[int] = None, seed: int = 0,
-                          progress: bool = True) -> dict[str, float]:
+def lateral_finding_probe(
+    em,
+    data_root: str | os.PathLike,
+    *,
+    splits: Sequence[str] | None = None,
+    folds: int = 5,
+    max_studies: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
     """Can the image embedding see a finding that only the lateral view shows? (MoVE's target, Method §3)
 
     The phantom marks small posterior pleural effusions that are invisible on the frontal view
@@ -236,9 +290,6 @@ def lateral_finding_probe(em, data_root: Union[str, os.PathLike], *, splits: Opt
     from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    from medst.eval.embed import embed_images
-    from medst.eval.temporal import mimic_image_paths
 
     root = Path(data_root)
     path = root / "ground_truth" / "studies.csv"
@@ -274,5 +325,4 @@ def lateral_finding_probe(em, data_root: Union[str, os.PathLike], *, splits: Opt
         scores = cross_val_predict(clf, x, y, cv=cv, groups=groups, method="decision_function")
         return float(roc_auc_score(y, scores))
 
-    return {"auc": auc(both), "auc_frontal_only": auc(alone), "n": int(len(y)), "n_positive": int(y.sum()),
-            "folds": k}
+    return {"auc": auc(both), "auc_frontal_only": auc(alone), "n": int(len(y)), "n_positive": int(y.sum()), "folds": k}

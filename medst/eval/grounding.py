@@ -15,20 +15,35 @@ Patches are numbered row by row over an (h, w) grid on the model input, as a
 ViT orders its tokens; a map of 2N patches holds the frontal view first, then
 the lateral view.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from einops import rearrange
 
-__all__ = ["FINDINGS", "PixelAffine", "letterbox_affine", "patch_centers", "split_views",
-           "pointing_hit", "chance_hit_rate", "GroundingItem", "finding_words", "finding_positions", "load_boxes", "pointing_game",
-           "plot_attention"]
+__all__ = [
+    "FINDINGS",
+    "PixelAffine",
+    "letterbox_affine",
+    "patch_centers",
+    "split_views",
+    "pointing_hit",
+    "chance_hit_rate",
+    "GroundingItem",
+    "finding_words",
+    "finding_positions",
+    "load_boxes",
+    "pointing_game",
+    "plot_attention",
+]
 
 FINDINGS = ("effusion", "consolidation", "edema", "pneumothorax", "pneumonia", "cardiomegaly")
 BOX_COLUMNS = ("dicom_id", "view", "finding", "x_min", "y_min", "x_max", "y_max")
@@ -73,7 +88,7 @@ class PixelAffine:
         return np.concatenate([self.to_original(boxes[:, :2]), self.to_original(boxes[:, 2:])], axis=1)
 
 
-def letterbox_affine(height: int, width: int, resize: int = 256, crop: Optional[int] = 224) -> PixelAffine:
+def letterbox_affine(height: int, width: int, resize: int = 256, crop: int | None = 224) -> PixelAffine:
     """Affine of "resize the long side to ``resize``, pad centred to a square, centre-crop ``crop``".
 
     Conventions (Method §1 pre-processing): the short side becomes
@@ -88,8 +103,7 @@ def letterbox_affine(height: int, width: int, resize: int = 256, crop: Optional[
         :class:`PixelAffine` from original pixels to model-input pixels.
     """
     if min(height, width, resize) <= 0 or (crop is not None and not 0 < crop <= resize):
-        raise ValueError(f"letterbox_affine: bad sizes height={height}, width={width}, "
-                         f"resize={resize}, crop={crop}")
+        raise ValueError(f"letterbox_affine: bad sizes height={height}, width={width}, resize={resize}, crop={crop}")
     scale = resize / max(height, width)
     new_h, new_w = (resize, round(width * scale)) if height >= width else (round(height * scale), resize)
     pad_top, pad_left = (resize - new_h) // 2, (resize - new_w) // 2
@@ -97,7 +111,7 @@ def letterbox_affine(height: int, width: int, resize: int = 256, crop: Optional[
     return PixelAffine(sx=new_w / width, sy=new_h / height, ox=pad_left - offset, oy=pad_top - offset)
 
 
-def patch_centers(grid: tuple[int, int], input_size: Union[int, tuple[int, int]]) -> np.ndarray:
+def patch_centers(grid: tuple[int, int], input_size: int | tuple[int, int]) -> np.ndarray:
     """Centres of the patch cells in model-input pixels.
 
     Args:
@@ -122,12 +136,18 @@ def split_views(attention: ArrayLike, grid: tuple[int, int]) -> dict[str, np.nda
         return {"frontal": attention}
     if attention.shape[-1] == 2 * n:
         return {"frontal": attention[..., :n], "lateral": attention[..., n:]}
-    raise ValueError(f"split_views: a patch map must have N = {n} or 2N = {2 * n} entries "
-                     f"for grid {grid}, got {attention.shape[-1]}")
+    raise ValueError(
+        f"split_views: a patch map must have N = {n} or 2N = {2 * n} entries for grid {grid}, got {attention.shape[-1]}"
+    )
 
 
-def pointing_hit(attention: ArrayLike, boxes: ArrayLike, affine: PixelAffine,
-                 grid: tuple[int, int], input_size: Union[int, tuple[int, int]]) -> bool:
+def pointing_hit(
+    attention: ArrayLike,
+    boxes: ArrayLike,
+    affine: PixelAffine,
+    grid: tuple[int, int],
+    input_size: int | tuple[int, int],
+) -> bool:
     """One pointing-game trial on one view.
 
     Args:
@@ -152,8 +172,9 @@ def _inside(points: np.ndarray, boxes: ArrayLike) -> np.ndarray:
     return ((boxes[:, 0] <= x) & (x <= boxes[:, 2]) & (boxes[:, 1] <= y) & (y <= boxes[:, 3])).any(axis=1)
 
 
-def chance_hit_rate(boxes: ArrayLike, affine: PixelAffine, grid: tuple[int, int],
-                    input_size: Union[int, tuple[int, int]]) -> float:
+def chance_hit_rate(
+    boxes: ArrayLike, affine: PixelAffine, grid: tuple[int, int], input_size: int | tuple[int, int]
+) -> float:
     """Hit probability of a patch drawn uniformly at random: the fraction of patch centres inside a box."""
     centres = affine.to_original(patch_centers(grid, input_size))
     return float(_inside(centres, boxes).mean())
@@ -181,15 +202,14 @@ def finding_words(finding: str) -> tuple[str, ...]:
     return (head, head + "s")
 
 
-def finding_positions(words: Sequence[str], finding: str,
-                      vocabulary: Optional[Sequence[str]] = None) -> list[int]:
+def finding_positions(words: Sequence[str], finding: str, vocabulary: Sequence[str] | None = None) -> list[int]:
     """Indices of the words naming ``finding`` (case-insensitive, punctuation stripped)."""
     names = set(vocabulary) if vocabulary is not None else set(finding_words(finding))
     cleaned = [re.sub(r"[^\w]", "", str(word).lower()) for word in words]
     return [i for i, word in enumerate(cleaned) if word in names]
 
 
-def load_boxes(boxes: Union[str, Path, pd.DataFrame]) -> pd.DataFrame:
+def load_boxes(boxes: str | Path | pd.DataFrame) -> pd.DataFrame:
     """Read and check a boxes table (path to ``boxes.csv`` or a DataFrame)."""
     source = str(boxes) if not isinstance(boxes, pd.DataFrame) else "the boxes DataFrame"
     if not isinstance(boxes, pd.DataFrame):
@@ -202,8 +222,9 @@ def load_boxes(boxes: Union[str, Path, pd.DataFrame]) -> pd.DataFrame:
         raise ValueError(f"{source}: missing columns {missing}; expected {list(BOX_COLUMNS)}")
     bad = boxes[(boxes.x_max < boxes.x_min) | (boxes.y_max < boxes.y_min)]
     if len(bad):
-        raise ValueError(f"{source}: {len(bad)} boxes with x_max < x_min or y_max < y_min, "
-                         f"first dicom_id {bad.iloc[0].dicom_id}")
+        raise ValueError(
+            f"{source}: {len(bad)} boxes with x_max < x_min or y_max < y_min, first dicom_id {bad.iloc[0].dicom_id}"
+        )
     return boxes
 
 
@@ -211,10 +232,15 @@ def _ratio(hits: float, total: int) -> float:
     return hits / total if total else math.nan
 
 
-def pointing_game(items: Iterable[GroundingItem], boxes: Union[str, Path, pd.DataFrame], *,
-                  grid: tuple[int, int], input_size: Union[int, tuple[int, int]],
-                  findings: Optional[Sequence[str]] = None,
-                  vocabulary: Optional[Mapping[str, Sequence[str]]] = None) -> dict[str, Any]:
+def pointing_game(
+    items: Iterable[GroundingItem],
+    boxes: str | Path | pd.DataFrame,
+    *,
+    grid: tuple[int, int],
+    input_size: int | tuple[int, int],
+    findings: Sequence[str] | None = None,
+    vocabulary: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
     """Pointing game over studies.
 
     For every study, view and finding that has boxes in that view and is named
@@ -236,8 +262,10 @@ def pointing_game(items: Iterable[GroundingItem], boxes: Union[str, Path, pd.Dat
     table = load_boxes(boxes)
     if findings is not None:
         table = table[table.finding.isin(list(findings))]
-    by_image = {key: group[["x_min", "y_min", "x_max", "y_max"]].to_numpy(dtype=np.float64)
-                for key, group in table.groupby(["dicom_id", "finding"])}
+    by_image = {
+        key: group[["x_min", "y_min", "x_max", "y_max"]].to_numpy(dtype=np.float64)
+        for key, group in table.groupby(["dicom_id", "finding"])
+    }
     names = sorted(table.finding.unique())
     counts = {"all": [0, 0, 0.0], **{f"f:{f}": [0, 0, 0.0] for f in names}}  # hits, trials, sum of chance
     for item in items:
@@ -264,14 +292,24 @@ def pointing_game(items: Iterable[GroundingItem], boxes: Union[str, Path, pd.Dat
         hits, total, chance = counts[key]
         return {"hits": hits, "total": total, "accuracy": _ratio(hits, total), "chance": _ratio(chance, total)}
 
-    return {**summary("all"),
-            "per_finding": {f: summary(f"f:{f}") for f in names},
-            "per_view": {k[2:]: summary(k) for k in counts if k.startswith("v:")}}
+    return {
+        **summary("all"),
+        "per_finding": {f: summary(f"f:{f}") for f in names},
+        "per_view": {k[2:]: summary(k) for k in counts if k.startswith("v:")},
+    }
 
 
-def plot_attention(image: ArrayLike, attn_map: ArrayLike, boxes: Optional[ArrayLike] = None,
-                   ax: Any = None, title: Optional[str] = None, *,
-                   affine: Optional[PixelAffine] = None, alpha: float = 0.45, cmap: str = "jet") -> Any:
+def plot_attention(
+    image: ArrayLike,
+    attn_map: ArrayLike,
+    boxes: ArrayLike | None = None,
+    ax: Any = None,
+    title: str | None = None,
+    *,
+    affine: PixelAffine | None = None,
+    alpha: float = 0.45,
+    cmap: str = "jet",
+) -> Any:
     """Draw a patch attention map as a heatmap over the image, with lesion boxes.
 
     Args:
@@ -296,7 +334,7 @@ def plot_attention(image: ArrayLike, attn_map: ArrayLike, boxes: Optional[ArrayL
         side = int(round(math.sqrt(heat.size)))
         if side * side != heat.size:
             raise ValueError(f"plot_attention: {heat.size} weights are not a square grid; pass [h, w]")
-        heat = heat.reshape(side, side)
+        heat = rearrange(heat, "(h w) -> h w", h=side)  # patches row by row
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 4))
     height, width = img.shape

@@ -12,20 +12,23 @@ Reported:
 - ``accuracy_cv``: the same rule with the threshold chosen on the other folds of a stratified 5-fold split
   and applied to the held-out fold (an honest estimate).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 import pandas as pd
+
+from medst.eval.embed import embed_texts
 
 SENTENCE_CSV = "MS_CXR_T_temporal_sentence_similarity_v1.0.0.csv"
 POSITIVE, NEGATIVE = "paraphrase", "contradiction"
 
 
-def read_sentence_table(path: Union[str, os.PathLike], subset: str | None = None) -> pd.DataFrame:
+def read_sentence_table(path: str | os.PathLike, subset: str | None = None) -> pd.DataFrame:
     """The sentence-pair CSV, checked (columns sentence_1, sentence_2, category; optional subset_name filter)."""
     path = Path(path)
     if not path.is_file():
@@ -58,21 +61,22 @@ def best_threshold_accuracy(scores: Sequence[float], labels: Sequence[int]) -> t
     y = np.asarray(labels, dtype=np.int64)
     if s.shape != y.shape or s.ndim != 1 or len(s) == 0:
         raise ValueError(f"best_threshold_accuracy: scores {s.shape} and labels {y.shape} must be equal, non-empty 1-D")
-    candidates = np.append(np.unique(s), np.nextafter(s.max(), np.inf))   # ascending, all finite
+    candidates = np.append(np.unique(s), np.nextafter(s.max(), np.inf))  # ascending, all finite
     # For t = candidates[j], predicted positive = s >= t. Count positives/negatives at or above each t.
     order = np.sort(s)
-    above = len(s) - np.searchsorted(order, candidates, side="left")   # #scores >= t
+    above = len(s) - np.searchsorted(order, candidates, side="left")  # #scores >= t
     pos_sorted = np.sort(s[y == 1])
     tp = len(pos_sorted) - np.searchsorted(pos_sorted, candidates, side="left")
     fp = above - tp
     tn = int((y == 0).sum()) - fp
     acc = (tp + tn) / len(s)
-    j = int(np.argmax(acc))                                          # first (smallest t) among the best
+    j = int(np.argmax(acc))  # first (smallest t) among the best
     return float(acc[j]), float(candidates[j])
 
 
-def cross_validated_threshold_accuracy(scores: Sequence[float], labels: Sequence[int], folds: int = 5,
-                                       seed: int = 0) -> float:
+def cross_validated_threshold_accuracy(
+    scores: Sequence[float], labels: Sequence[int], folds: int = 5, seed: int = 0
+) -> float:
     """Accuracy with the threshold chosen on the training folds (:func:`best_threshold_accuracy`) and applied to
     the held-out fold, pooled over a stratified k-fold split (k lowered to the rarer class count, at least 2)."""
     from sklearn.model_selection import StratifiedKFold
@@ -88,8 +92,9 @@ def cross_validated_threshold_accuracy(scores: Sequence[float], labels: Sequence
     return correct / len(s)
 
 
-def temporal_sentence_similarity(em, data_root: Union[str, os.PathLike], *, subset: str | None = None,
-                                 seed: int = 0, progress: bool = True) -> dict[str, float]:
+def temporal_sentence_similarity(
+    em, data_root: str | os.PathLike, *, subset: str | None = None, seed: int = 0, progress: bool = True
+) -> dict[str, float]:
     """The MS-CXR-T temporal sentence similarity task (see the module docstring).
 
     Args:
@@ -102,8 +107,6 @@ def temporal_sentence_similarity(em, data_root: Union[str, os.PathLike], *, subs
     """
     from sklearn.metrics import roc_auc_score
 
-    from medst.eval.embed import embed_texts
-
     path = Path(data_root) / "ms-cxr-t" / SENTENCE_CSV
     table = read_sentence_table(path, subset)
     y = (table["category"] == POSITIVE).to_numpy().astype(int)
@@ -111,9 +114,15 @@ def temporal_sentence_similarity(em, data_root: Union[str, os.PathLike], *, subs
         raise ValueError(f"{path}: needs both {POSITIVE} and {NEGATIVE} pairs, found only one category")
     first = embed_texts(em, table["sentence_1"].tolist(), progress=progress, desc="sentences 1")
     second = embed_texts(em, table["sentence_2"].tolist(), progress=progress, desc="sentences 2")
-    cos = (first * second).sum(dim=1).numpy().astype(np.float64)   # unit vectors: dot = cosine
+    cos = (first * second).sum(dim=1).numpy().astype(np.float64)  # unit vectors: dot = cosine
     acc, threshold = best_threshold_accuracy(cos, y)
-    return {"auc": float(roc_auc_score(y, cos)), "accuracy": acc, "threshold": threshold,
-            "accuracy_cv": cross_validated_threshold_accuracy(cos, y, seed=seed),
-            "mean_cos_paraphrase": float(cos[y == 1].mean()), "mean_cos_contradiction": float(cos[y == 0].mean()),
-            "n": int(len(y)), "n_paraphrase": int(y.sum())}
+    return {
+        "auc": float(roc_auc_score(y, cos)),
+        "accuracy": acc,
+        "threshold": threshold,
+        "accuracy_cv": cross_validated_threshold_accuracy(cos, y, seed=seed),
+        "mean_cos_paraphrase": float(cos[y == 1].mean()),
+        "mean_cos_contradiction": float(cos[y == 0].mean()),
+        "n": int(len(y)),
+        "n_paraphrase": int(y.sum()),
+    }

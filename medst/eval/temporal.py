@@ -11,24 +11,27 @@ Images are pre-processed exactly as evaluation-time pre-training images (:mod:`m
 
 Beside each accuracy the majority-class accuracy is reported: the score of a classifier that ignores the image.
 """
+
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from medst.data.mimic import METADATA_NAME, image_relpath
+from medst.data.studies import METADATA_NAME, image_relpath
+from medst.eval.embed import embed_images
 
 IMAGE_CSV = "MS_CXR_T_temporal_image_classification_v1.0.0.csv"
 FINDINGS = ("consolidation", "edema", "pleural_effusion", "pneumonia", "pneumothorax")
 CLASSES = ("improving", "stable", "worsening")
 
 
-def read_image_table(path: Union[str, os.PathLike]) -> pd.DataFrame:
+def read_image_table(path: str | os.PathLike) -> pd.DataFrame:
     """The MS-CXR-T image CSV, checked: dicom ids as strings, labels lower-cased ("" when not labelled)."""
     path = Path(path)
     if not path.is_file():
@@ -47,20 +50,29 @@ def read_image_table(path: Union[str, os.PathLike]) -> pd.DataFrame:
     return table
 
 
-def mimic_image_paths(mimic_root: Union[str, os.PathLike]) -> dict[str, str]:
+def mimic_image_paths(mimic_root: str | os.PathLike) -> dict[str, str]:
     """dicom_id -> JPEG path under a MIMIC-CXR-JPG root, from its metadata CSV."""
     root = Path(mimic_root)
     for name in (METADATA_NAME, METADATA_NAME + ".gz"):
         if (root / name).is_file():
             meta = pd.read_csv(root / name, usecols=["dicom_id", "subject_id", "study_id"], dtype={"dicom_id": str})
-            return {d: str(root / image_relpath(int(s), int(t), d))
-                    for d, s, t in zip(meta["dicom_id"], meta["subject_id"], meta["study_id"])}
-    raise FileNotFoundError(f"{root / METADATA_NAME}: MIMIC-CXR-JPG metadata CSV not found (needed to find the "
-                            "MS-CXR-T images)")
+            return {
+                d: str(root / image_relpath(int(s), int(t), d))
+                for d, s, t in zip(meta["dicom_id"], meta["subject_id"], meta["study_id"])
+            }
+    raise FileNotFoundError(
+        f"{root / METADATA_NAME}: MIMIC-CXR-JPG metadata CSV not found (needed to find the MS-CXR-T images)"
+    )
 
 
-def svm_cv_accuracy(features: np.ndarray, labels: Sequence[str], folds: int, seed: int = 0,
-                    C: float = 1.0, groups: Optional[Sequence[Any]] = None) -> tuple[float, int]:
+def svm_cv_accuracy(
+    features: np.ndarray,
+    labels: Sequence[str],
+    folds: int,
+    seed: int = 0,
+    C: float = 1.0,
+    groups: Sequence[Any] | None = None,
+) -> tuple[float, int]:
     """Mean stratified k-fold accuracy of a linear SVM (scikit-learn ``LinearSVC`` after standardisation).
 
     When the rarest class has fewer than ``folds`` examples, k is lowered to that count (at least 2).
@@ -85,12 +97,16 @@ def svm_cv_accuracy(features: np.ndarray, labels: Sequence[str], folds: int, see
     if k < 2:
         raise ValueError(f"svm_cv_accuracy: the rarest class has {counts.min()} example(s); need 2 for 2 folds")
     clf = make_pipeline(StandardScaler(), LinearSVC(C=C, max_iter=20000))
-    cv = (StratifiedKFold(n_splits=k, shuffle=True, random_state=seed) if groups is None
-          else StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed))
+    cv = (
+        StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        if groups is None
+        else StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence warnings on tiny folds
-        scores = cross_val_score(clf, features, y, cv=cv, scoring="accuracy",
-                                 groups=None if groups is None else np.asarray(groups))
+        scores = cross_val_score(
+            clf, features, y, cv=cv, scoring="accuracy", groups=None if groups is None else np.asarray(groups)
+        )
     return float(scores.mean()), k
 
 
@@ -107,9 +123,15 @@ def pair_features(current: np.ndarray, previous: np.ndarray) -> np.ndarray:
     return np.concatenate([current, previous], axis=1)
 
 
-def temporal_image_classification(em, data_root: Union[str, os.PathLike], *, folds: Sequence[int] = (5, 10),
-                                  seed: int = 0, findings: Sequence[str] = FINDINGS,
-                                  progress: bool = True) -> dict[str, float]:
+def temporal_image_classification(
+    em,
+    data_root: str | os.PathLike,
+    *,
+    folds: Sequence[int] = (5, 10),
+    seed: int = 0,
+    findings: Sequence[str] = FINDINGS,
+    progress: bool = True,
+) -> dict[str, float]:
     """The MS-CXR-T temporal image classification task (see the module docstring).
 
     Args:
@@ -121,16 +143,15 @@ def temporal_image_classification(em, data_root: Union[str, os.PathLike], *, fol
         ``mean_majority`` over the findings that could be scored, and ``findings_scored``. A finding with
         fewer than 2 classes of at least 2 examples is left out (``F_n`` still says how many pairs it had).
     """
-    from medst.eval.embed import embed_images
-
     root = Path(data_root)
     table = read_image_table(root / "ms-cxr-t" / IMAGE_CSV)
     paths = mimic_image_paths(root / "mimic-cxr-jpg")
     ids = sorted(set(table["dicom_id"]) | set(table["previous_dicom_id"]))
     absent = [d for d in ids if d not in paths]
     if absent:
-        raise FileNotFoundError(f"{root / 'ms-cxr-t' / IMAGE_CSV}: {len(absent)} dicom id(s) not in the MIMIC "
-                                f"metadata, first {absent[0]}")
+        raise FileNotFoundError(
+            f"{root / 'ms-cxr-t' / IMAGE_CSV}: {len(absent)} dicom id(s) not in the MIMIC metadata, first {absent[0]}"
+        )
     emb = embed_images(em, [paths[d] for d in ids], progress=progress, desc="MS-CXR-T images").numpy()
     row = {d: i for i, d in enumerate(ids)}
     out: dict[str, float] = {}
@@ -146,8 +167,9 @@ def temporal_image_classification(em, data_root: Union[str, os.PathLike], *, fol
         keep = np.isin(labels, values[counts >= 2])
         if len(np.unique(labels[keep])) < 2:
             continue
-        x = pair_features(emb[[row[d] for d in labelled["dicom_id"]]],
-                          emb[[row[d] for d in labelled["previous_dicom_id"]]])[keep]
+        x = pair_features(
+            emb[[row[d] for d in labelled["dicom_id"]]], emb[[row[d] for d in labelled["previous_dicom_id"]]]
+        )[keep]
         y = labels[keep]
         for k in folds:
             acc, _ = svm_cv_accuracy(x, y, k, seed=seed)
@@ -161,9 +183,17 @@ def temporal_image_classification(em, data_root: Union[str, os.PathLike], *, fol
     return out
 
 
-def progression_probe(em, data_root: Union[str, os.PathLike], *, findings: Sequence[str] = FINDINGS,
-                      splits: Optional[Sequence[str]] = None, folds: int = 5, max_pairs: Optional[int] = None,
-                      seed: int = 0, progress: bool = True) -> dict[str, float]:
+def progression_probe(
+    em,
+    data_root: str | os.PathLike,
+    *,
+    findings: Sequence[str] = FINDINGS,
+    splits: Sequence[str] | None = None,
+    folds: int = 5,
+    max_pairs: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
     """The MS-CXR-T recipe on the phantom's full progression ground truth (many more pairs than MS-CXR-T).
 
     Every consecutive pair of a phantom patient's studies (``ground_truth/progression.csv``) with a label for a
@@ -174,8 +204,6 @@ def progression_probe(em, data_root: Union[str, os.PathLike], *, findings: Seque
     Returns:
         ``F_acc``, ``F_majority``, ``F_n`` per finding; ``mean_acc``, ``mean_majority``, ``findings_scored``.
     """
-    from medst.eval.embed import embed_images
-
     root = Path(data_root)
     truth = root / "ground_truth"
     for name in ("progression.csv", "studies.csv"):
@@ -212,8 +240,9 @@ def progression_probe(em, data_root: Union[str, os.PathLike], *, findings: Seque
         mask &= np.isin(labels, values[counts >= 2])
         if len(np.unique(labels[mask])) < 2 or prog.loc[mask, "subject_id"].nunique() < 2:
             continue
-        acc, _ = svm_cv_accuracy(x_all[mask], labels[mask], folds, seed=seed,
-                                 groups=prog.loc[mask, "subject_id"].to_numpy())
+        acc, _ = svm_cv_accuracy(
+            x_all[mask], labels[mask], folds, seed=seed, groups=prog.loc[mask, "subject_id"].to_numpy()
+        )
         out[f"{f}_acc"], out[f"{f}_majority"] = acc, majority_accuracy(labels[mask])
         accs.append(acc)
         majorities.append(out[f"{f}_majority"])

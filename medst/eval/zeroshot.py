@@ -13,15 +13,18 @@ patient, one per box) and ``DIR/rsna/stage_2_train_images/<patientId>.dcm``; a p
 its rows has Target = 1. DICOMs are read with :func:`medst.data.dicom.read_dicom` (modality and VOI LUT,
 MONOCHROME1 inverted) and then pre-processed like every evaluation image.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import torch
+
+from medst.eval.embed import embed_images, embed_texts, mean_embedding
 
 LABELS_CSV = "stage_2_train_labels.csv"
 IMAGES_DIR = "stage_2_train_images"
@@ -43,7 +46,7 @@ NEGATIVE_PROMPTS = (
 )
 
 
-def read_rsna_labels(data_root: Union[str, os.PathLike]) -> pd.DataFrame:
+def read_rsna_labels(data_root: str | os.PathLike) -> pd.DataFrame:
     """One row per patient: patientId, label (1 = pneumonia: any Target = 1 row), path (its DICOM file)."""
     root = Path(data_root) / "rsna"
     csv = root / LABELS_CSV
@@ -64,8 +67,6 @@ def read_rsna_labels(data_root: Union[str, os.PathLike]) -> pd.DataFrame:
 
 def prompt_embedding(em, prompts: Sequence[str]) -> torch.Tensor:
     """Prompts -> [d]: the re-normalised mean of their global text embeddings."""
-    from medst.eval.embed import embed_texts, mean_embedding
-
     return mean_embedding(embed_texts(em, list(prompts), progress=False))
 
 
@@ -74,9 +75,15 @@ def zero_shot_scores(images: torch.Tensor, positive: torch.Tensor, negative: tor
     return images @ positive - images @ negative
 
 
-def rsna_zero_shot(em, data_root: Union[str, os.PathLike], *, positive: Sequence[str] = POSITIVE_PROMPTS,
-                   negative: Sequence[str] = NEGATIVE_PROMPTS, max_images: Optional[int] = None,
-                   progress: bool = True) -> dict[str, float]:
+def rsna_zero_shot(
+    em,
+    data_root: str | os.PathLike,
+    *,
+    positive: Sequence[str] = POSITIVE_PROMPTS,
+    negative: Sequence[str] = NEGATIVE_PROMPTS,
+    max_images: int | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
     """RSNA pneumonia zero-shot (see the module docstring).
 
     Args:
@@ -90,8 +97,6 @@ def rsna_zero_shot(em, data_root: Union[str, os.PathLike], *, positive: Sequence
     """
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-    from medst.eval.embed import embed_images
-
     labels = read_rsna_labels(data_root)
     if max_images is not None:
         labels = labels.iloc[:max_images]
@@ -101,5 +106,10 @@ def rsna_zero_shot(em, data_root: Union[str, os.PathLike], *, positive: Sequence
     images = embed_images(em, labels["path"].tolist(), progress=progress, desc="RSNA images")
     scores = zero_shot_scores(images, prompt_embedding(em, positive), prompt_embedding(em, negative)).numpy()
     pred = (scores > 0).astype(int)
-    return {"auc": float(roc_auc_score(y, scores)), "f1": float(f1_score(y, pred, zero_division=0)),
-            "accuracy": float(accuracy_score(y, pred)), "n": int(len(y)), "prevalence": float(y.mean())}
+    return {
+        "auc": float(roc_auc_score(y, scores)),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "n": int(len(y)),
+        "prevalence": float(y.mean()),
+    }

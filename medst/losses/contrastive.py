@@ -9,6 +9,7 @@ Several processes (ours): each process gathers every process's embeddings with a
 gradient-preserving all-gather, so the negatives are the whole global batch, while its
 own B pairs are the positives at columns rank*B ... rank*B + B - 1.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,7 +67,9 @@ def global_alignment_loss(img: torch.Tensor, txt: torch.Tensor, temperature: flo
     embeddings is R times the single-process one; DDP's division undoes this.)
     """
     if img.shape != txt.shape or img.dim() != 2:
-        raise ValueError(f"medst/losses/contrastive.py: img {tuple(img.shape)} and txt {tuple(txt.shape)} must both be [B, d]")
+        raise ValueError(
+            f"medst/losses/contrastive.py: img {tuple(img.shape)} and txt {tuple(txt.shape)} must both be [B, d]"
+        )
     all_img, offset = gather_with_grad(img)
     all_txt, _ = gather_with_grad(txt)
     targets = torch.arange(img.shape[0], device=img.device) + offset

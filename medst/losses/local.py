@@ -60,10 +60,10 @@ default in-projection biases, scaling ``1/√d`` and no dropout; the mean query
 is taken over the valid tokens (published: over all slots, which the word
 side reproduces with ``mask_words=False``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -93,8 +93,7 @@ class LocalAlignmentOutput:
     patch_weights: Tensor  # [B, P] ω of the patches (sums to 1 over valid patches)
 
 
-def cross_attend(queries: Tensor, keys: Tensor, key_mask: Optional[Tensor],
-                 temperature: float) -> tuple[Tensor, Tensor]:
+def cross_attend(queries: Tensor, keys: Tensor, key_mask: Tensor | None, temperature: float) -> tuple[Tensor, Tensor]:
     """Parameter-free cross-attention, Method §5 step 1.
 
     Args:
@@ -111,7 +110,7 @@ def cross_attend(queries: Tensor, keys: Tensor, key_mask: Optional[Tensor],
     return attention, attention @ keys
 
 
-def masked_mean(x: Tensor, mask: Optional[Tensor]) -> Tensor:
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
     """Mean over dim 1 of x [B, Q, d] counting only valid rows of mask [B, Q] -> [B, d]."""
     if mask is None:
         return x.mean(dim=1)
@@ -119,8 +118,7 @@ def masked_mean(x: Tensor, mask: Optional[Tensor]) -> Tensor:
     return (x * weights[..., None]).sum(dim=1) / weights.sum(dim=1, keepdim=True)
 
 
-def modality_weights(weighting: nn.MultiheadAttention, interactions: Tensor,
-                     mask: Optional[Tensor]) -> Tensor:
+def modality_weights(weighting: nn.MultiheadAttention, interactions: Tensor, mask: Tensor | None) -> Tensor:
     """Token weights ω, Method §5 step 3.
 
     Single-head attention with query = mean interaction vector and keys =
@@ -134,12 +132,11 @@ def modality_weights(weighting: nn.MultiheadAttention, interactions: Tensor,
     """
     query = masked_mean(interactions, mask)[:, None, :]  # [B, 1, d]
     key_padding_mask = None if mask is None else ~mask
-    _, weights = weighting(query, interactions, interactions,
-                           key_padding_mask=key_padding_mask, need_weights=True)
+    _, weights = weighting(query, interactions, interactions, key_padding_mask=key_padding_mask, need_weights=True)
     return weights[:, 0, :]  # [B, 1, Q] -> [B, Q]
 
 
-def uniform_weights(mask: Optional[Tensor], like: Tensor) -> Tensor:
+def uniform_weights(mask: Tensor | None, like: Tensor) -> Tensor:
     """ω_i = 1/(valid tokens) on valid tokens, 0 on masked ones: [B, Q] (``like``: [B, Q, d] for shape/dtype)."""
     if mask is None:
         return like.new_full(like.shape[:2], 1.0 / like.shape[1])
@@ -147,7 +144,7 @@ def uniform_weights(mask: Optional[Tensor], like: Tensor) -> Tensor:
     return valid / valid.sum(dim=1, keepdim=True)
 
 
-def weight_stats(weights: Tensor, mask: Optional[Tensor] = None) -> dict[str, Tensor]:
+def weight_stats(weights: Tensor, mask: Tensor | None = None) -> dict[str, Tensor]:
     """How concentrated token weights are: the signs of the collapse.
 
     Args:
@@ -164,8 +161,7 @@ def weight_stats(weights: Tensor, mask: Optional[Tensor] = None) -> dict[str, Te
     return {"max_weight": weights.max(dim=1).values.mean(), "entropy": norm.mean()}
 
 
-def weighted_token_infonce(similarity: Tensor, weights: Tensor,
-                           mask: Optional[Tensor]) -> Tensor:
+def weighted_token_infonce(similarity: Tensor, weights: Tensor, mask: Tensor | None) -> Tensor:
     """Weighted token-level InfoNCE in both directions, Method §5 step 4.
 
     ``Σ_i ω_i CE(m_i,:, i)`` and ``Σ_i ω_i CE(m_:,i, i)``, each summed over
@@ -210,8 +206,7 @@ class LocalAlignment(nn.Module):
     :class:`torch.nn.MultiheadAttention` layers producing ω (step 3).
     """
 
-    def __init__(self, dim: int, temperature: float = 0.1, mask_words: bool = True,
-                 weighting: str = "learned") -> None:
+    def __init__(self, dim: int, temperature: float = 0.1, mask_words: bool = True, weighting: str = "learned") -> None:
         super().__init__()
         if dim <= 0 or temperature <= 0:
             raise ValueError(f"LocalAlignment: dim and temperature must be positive, got {dim}, {temperature}")
@@ -233,11 +228,11 @@ class LocalAlignment(nn.Module):
                 attention.requires_grad_(False)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, temperature={self.temperature}, mask_words={self.mask_words}, "
-                f"weighting={self.weighting}")
+        return (
+            f"dim={self.dim}, temperature={self.temperature}, mask_words={self.mask_words}, weighting={self.weighting}"
+        )
 
-    def token_weights(self, weighting: nn.MultiheadAttention, interactions: Tensor,
-                      mask: Optional[Tensor]) -> Tensor:
+    def token_weights(self, weighting: nn.MultiheadAttention, interactions: Tensor, mask: Tensor | None) -> Tensor:
         """ω [B, Q] of one side, as ``self.weighting`` says (step 3 and its remedies)."""
         if self.weighting == "uniform":
             return uniform_weights(mask, interactions)
@@ -246,9 +241,14 @@ class LocalAlignment(nn.Module):
                 return modality_weights(weighting, interactions.detach(), mask)
         return modality_weights(weighting, interactions, mask)
 
-    def forward(self, words: Tensor, patches: Tensor, word_mask: Optional[Tensor] = None,
-                patch_mask: Optional[Tensor] = None,
-                return_details: bool = False) -> Union[Tensor, LocalAlignmentOutput]:
+    def forward(
+        self,
+        words: Tensor,
+        patches: Tensor,
+        word_mask: Tensor | None = None,
+        patch_mask: Tensor | None = None,
+        return_details: bool = False,
+    ) -> Tensor | LocalAlignmentOutput:
         """Local alignment loss.
 
         Args:
@@ -289,22 +289,33 @@ class LocalAlignment(nn.Module):
             word_to_patch = word_to_patch * word_mask[..., None]
         if patch_mask is not None:
             patch_to_word = patch_to_word * patch_mask[..., None]
-        return LocalAlignmentOutput(loss=loss, loss_word=loss_word, loss_patch=loss_patch,
-                                    word_to_patch=word_to_patch, patch_to_word=patch_to_word,
-                                    word_weights=word_weights, patch_weights=patch_weights)
+        return LocalAlignmentOutput(
+            loss=loss,
+            loss_word=loss_word,
+            loss_patch=loss_patch,
+            word_to_patch=word_to_patch,
+            patch_to_word=patch_to_word,
+            word_weights=word_weights,
+            patch_weights=patch_weights,
+        )
 
-    def _check(self, words: Tensor, patches: Tensor, word_mask: Optional[Tensor],
-               patch_mask: Optional[Tensor]) -> None:
+    def _check(self, words: Tensor, patches: Tensor, word_mask: Tensor | None, patch_mask: Tensor | None) -> None:
         if words.dim() != 3 or patches.dim() != 3:
-            raise ValueError(f"LocalAlignment: words and patches must be [B, W, d] and [B, P, d], "
-                             f"got {tuple(words.shape)} and {tuple(patches.shape)}")
+            raise ValueError(
+                f"LocalAlignment: words and patches must be [B, W, d] and [B, P, d], "
+                f"got {tuple(words.shape)} and {tuple(patches.shape)}"
+            )
         if words.shape[0] != patches.shape[0] or words.shape[2] != self.dim or patches.shape[2] != self.dim:
-            raise ValueError(f"LocalAlignment(dim={self.dim}): batch sizes and embedding sizes must agree, "
-                             f"got words {tuple(words.shape)} and patches {tuple(patches.shape)}")
+            raise ValueError(
+                f"LocalAlignment(dim={self.dim}): batch sizes and embedding sizes must agree, "
+                f"got words {tuple(words.shape)} and patches {tuple(patches.shape)}"
+            )
         for name, mask, ref in (("word_mask", word_mask, words), ("patch_mask", patch_mask, patches)):
             if mask is None:
                 continue
             if mask.dtype != torch.bool or mask.shape != ref.shape[:2]:
-                raise ValueError(f"LocalAlignment: {name} must be a bool tensor of shape "
-                                 f"{tuple(ref.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}")
+                raise ValueError(
+                    f"LocalAlignment: {name} must be a bool tensor of shape "
+                    f"{tuple(ref.shape[:2])}, got {mask.dtype} {tuple(mask.shape)}"
+                )
             checks.check(mask.any(dim=1).all(), f"LocalAlignment: every pair needs at least one valid entry in {name}")

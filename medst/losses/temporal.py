@@ -19,6 +19,7 @@ model produces; the soft nearest neighbour ṽ is not re-normalised).
 The squared distance is computed from the difference ``x - y`` (not from the
 expansion ``‖x‖² + ‖y‖² - 2<x, y>``), so it is exact and never negative.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,10 +27,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
-__all__ = ["pairwise_similarity", "fmc_loss", "rmr_loss", "rmr_details", "RMRDetails",
-           "cycle_consistency_loss", "temporal_loss", "VARIANCE_EPS"]
+__all__ = [
+    "pairwise_similarity",
+    "fmc_loss",
+    "rmr_loss",
+    "rmr_details",
+    "RMRDetails",
+    "cycle_consistency_loss",
+    "temporal_loss",
+    "VARIANCE_EPS",
+]
 
 VARIANCE_EPS = 1e-7  # added to σ² in both the division and the log, as published
 _SIMILARITIES = ("l2", "cosine")
@@ -37,8 +47,10 @@ _SIMILARITIES = ("l2", "cosine")
 
 def _check(a: Tensor, b: Tensor, similarity: str, temperature: float) -> None:
     if a.dim() != 3 or a.shape != b.shape:
-        raise ValueError(f"medst.losses.temporal: a and b must both be [S, L, d] with the same shape, "
-                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"medst.losses.temporal: a and b must both be [S, L, d] with the same shape, "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape[1] < 2:
         raise ValueError(f"medst.losses.temporal: sequences need L >= 2 steps, got L = {a.shape[1]}")
     if similarity not in _SIMILARITIES:
@@ -71,7 +83,7 @@ def fmc_loss(a: Tensor, b: Tensor, *, temperature: float = 0.1, similarity: str 
     logits = pairwise_similarity(a, b, similarity) / temperature  # [S, L, L]
     seqs, steps, _ = logits.shape
     targets = torch.arange(steps, device=a.device).expand(seqs, steps)
-    return F.cross_entropy(logits.transpose(1, 2), targets)  # class dim at 1
+    return F.cross_entropy(rearrange(logits, "s t k -> s k t"), targets)  # the classes k at dim 1
 
 
 @dataclass
@@ -93,8 +105,15 @@ class RMRDetails:
         return self.loss_per_step.mean()
 
 
-def rmr_details(a: Tensor, b: Tensor, *, temperature: float = 0.1, similarity: str = "l2",
-                variance_lambda: float = 1e-3, huber_delta: float = 2.0) -> RMRDetails:
+def rmr_details(
+    a: Tensor,
+    b: Tensor,
+    *,
+    temperature: float = 0.1,
+    similarity: str = "l2",
+    variance_lambda: float = 1e-3,
+    huber_delta: float = 2.0,
+) -> RMRDetails:
     """Reverse mapping regression a→b→a with all intermediates (Method §6).
 
     1. ``β_tk = softmax_k(sim(a_t, b_k)/T)``, ``ṽ_t = Σ_k β_tk b_k``;
@@ -127,23 +146,39 @@ def rmr_details(a: Tensor, b: Tensor, *, temperature: float = 0.1, similarity: s
     var_loss = error.pow(2) / (var + VARIANCE_EPS) + variance_lambda * log_var
     linear_loss = huber_delta * (error.abs() - huber_delta / 2)
     loss_per_step = torch.where(error.abs() < huber_delta, var_loss, linear_loss)
-    return RMRDetails(beta=beta, soft_nn=soft_nn, alpha=alpha, times=times, mu=mu, var=var,
-                      error=error, loss_per_step=loss_per_step)
+    return RMRDetails(
+        beta=beta, soft_nn=soft_nn, alpha=alpha, times=times, mu=mu, var=var, error=error, loss_per_step=loss_per_step
+    )
 
 
-def rmr_loss(a: Tensor, b: Tensor, *, temperature: float = 0.1, similarity: str = "l2",
-             variance_lambda: float = 1e-3, huber_delta: float = 2.0) -> Tensor:
+def rmr_loss(
+    a: Tensor,
+    b: Tensor,
+    *,
+    temperature: float = 0.1,
+    similarity: str = "l2",
+    variance_lambda: float = 1e-3,
+    huber_delta: float = 2.0,
+) -> Tensor:
     """L_RMR(a→b→a), mean over steps and sequences; see :func:`rmr_details`. a, b: [S, L, d] -> scalar."""
-    return rmr_details(a, b, temperature=temperature, similarity=similarity,
-                       variance_lambda=variance_lambda, huber_delta=huber_delta).loss
+    return rmr_details(
+        a, b, temperature=temperature, similarity=similarity, variance_lambda=variance_lambda, huber_delta=huber_delta
+    ).loss
 
 
-def cycle_consistency_loss(a: Tensor, b: Tensor, *, temperature: float = 0.1, similarity: str = "l2",
-                           variance_lambda: float = 1e-3, huber_delta: float = 2.0) -> Tensor:
+def cycle_consistency_loss(
+    a: Tensor,
+    b: Tensor,
+    *,
+    temperature: float = 0.1,
+    similarity: str = "l2",
+    variance_lambda: float = 1e-3,
+    huber_delta: float = 2.0,
+) -> Tensor:
     """FMC(a→b) + RMR(a→b→a) for a, b [S, L, d] -> scalar (Method §6, one direction)."""
-    return (fmc_loss(a, b, temperature=temperature, similarity=similarity)
-            + rmr_loss(a, b, temperature=temperature, similarity=similarity,
-                       variance_lambda=variance_lambda, huber_delta=huber_delta))
+    return fmc_loss(a, b, temperature=temperature, similarity=similarity) + rmr_loss(
+        a, b, temperature=temperature, similarity=similarity, variance_lambda=variance_lambda, huber_delta=huber_delta
+    )
 
 
 def temporal_loss(u: Tensor, v: Tensor, **kwargs: Any) -> Tensor:

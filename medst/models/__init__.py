@@ -1,4 +1,5 @@
 """Encoders, projection heads and the full Med-ST model (Method §2-§3, §7)."""
+
 from medst.models.heads import GlobalHead, LocalHead
 from medst.models.medst import MedST, MedSTOutput, build_medst, load_run
 from medst.models.text import (

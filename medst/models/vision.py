@@ -35,16 +35,17 @@ the caller pads the compact laterals to a multiple of k (`Batch.pad_laterals`), 
 single-view group is padded alike, and the padding rows are computed and dropped. The
 result is the same as without padding (a ViT treats each study on its own).
 """
+
 from __future__ import annotations
 
 import copy
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from medst import checks
 
@@ -138,8 +139,9 @@ class MoVE(nn.Module):
             multiple of k (static shapes for torch.compile; see the module docstring).
     """
 
-    def __init__(self, vit: nn.Module, lateral_init: str = "random", experts: str = "move",
-                 group_bucket: int = 0) -> None:
+    def __init__(
+        self, vit: nn.Module, lateral_init: str = "random", experts: str = "move", group_bucket: int = 0
+    ) -> None:
         super().__init__()
         if group_bucket < 0:
             raise ValueError(f"medst/models/vision.py: group_bucket must be >= 0, got {group_bucket}")
@@ -165,7 +167,7 @@ class MoVE(nn.Module):
             vit.attn_pool = None
         self.vit = vit
         self.experts = experts
-        self.lateral_experts: Optional[nn.ModuleList] = None
+        self.lateral_experts: nn.ModuleList | None = None
         if experts == "move":
             self.lateral_experts = nn.ModuleList(make_lateral_expert(blk, lateral_init) for blk in vit.blocks)
 
@@ -207,7 +209,7 @@ class MoVE(nn.Module):
         side = self.lateral_experts[i](x[:, n_frontal:])
         return x + blk.drop_path2(torch.cat([front, side], dim=1))
 
-    def _run(self, x: torch.Tensor, joint: bool, capture: Optional[int] = None):
+    def _run(self, x: torch.Tensor, joint: bool, capture: int | None = None):
         """Blocks + final norm on [n, S, D]; joint: S = prefix + 2N with experts, else a plain ViT.
 
         Returns (tokens [n, S, D], block `capture`'s attention [n, heads, S, S] or None).
@@ -229,14 +231,13 @@ class MoVE(nn.Module):
         """
         blk = self.vit.blocks[i]
         attn = blk.attn
-        n, S, _ = x.shape
-        qkv = attn.qkv(blk.norm1(x)).reshape(n, S, 3, attn.num_heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = rearrange(attn.qkv(blk.norm1(x)), "n s (qkv heads d) -> qkv n heads s d", qkv=3, heads=attn.num_heads)
         q, k, _ = qkv.unbind(0)
         q, k = attn.q_norm(q), attn.k_norm(k)
         return (q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1)
 
     # --------------------------------------------------------------- forward
-    def _split(self, frontal, lateral, has_lateral, compact: Optional[bool] = None):
+    def _split(self, frontal, lateral, has_lateral, compact: bool | None = None):
         """Check inputs; return (has_lateral [B] bool on the device, compact laterals or None).
 
         Compact laterals hold the studies with a lateral in batch order, then (with
@@ -247,12 +248,15 @@ class MoVE(nn.Module):
         B = frontal.shape[0]
         if lateral is None:
             if has_lateral is not None:
-                checks.check(~has_lateral.any(),
-                             "medst/models/vision.py: has_lateral marks laterals but no lateral images were given")
+                checks.check(
+                    ~has_lateral.any(),
+                    "medst/models/vision.py: has_lateral marks laterals but no lateral images were given",
+                )
             return torch.zeros(B, dtype=torch.bool, device=frontal.device), None
         if lateral.shape[1:] != frontal.shape[1:]:
             raise ValueError(
-                f"medst/models/vision.py: lateral images {tuple(lateral.shape[1:])} differ from frontal {tuple(frontal.shape[1:])}"
+                f"medst/models/vision.py: lateral images {tuple(lateral.shape[1:])} differ from frontal "
+                f"{tuple(frontal.shape[1:])}"
             )
         rows = lateral.shape[0]
         if has_lateral is None:
@@ -284,8 +288,11 @@ class MoVE(nn.Module):
                     + (f", plus at most {slack} padding rows)" if slack else ")")
                 )
         else:
-            checks.check((n_lat <= rows) & (n_lat >= rows - slack), f"medst/models/vision.py: compact laterals: "
-                         f"{rows} rows do not match has_lateral (at most {slack} padding rows)")
+            checks.check(
+                (n_lat <= rows) & (n_lat >= rows - slack),
+                f"medst/models/vision.py: compact laterals: "
+                f"{rows} rows do not match has_lateral (at most {slack} padding rows)",
+            )
         return has_lateral, lateral
 
     def _group_sizes(self, B: int, rows: int) -> tuple[int, int]:
@@ -296,8 +303,7 @@ class MoVE(nn.Module):
         # B - rows single-view studies, plus one for each padding row of the laterals (at most k - 1)
         return rows, min(B, -(-(B - rows + k - 1) // k) * k)
 
-    def _encode(self, frontal, lateral, has_lateral, capture: Optional[int] = None,
-                compact: Optional[bool] = None):
+    def _encode(self, frontal, lateral, has_lateral, capture: int | None = None, compact: bool | None = None):
         """Tokens [B, prefix + P, D], patch mask [B, P], optional attention [B, heads, S, S]."""
         has_lateral, lateral = self._split(frontal, lateral, has_lateral, compact)
         B, k = frontal.shape[0], self.num_prefix_tokens
@@ -332,9 +338,9 @@ class MoVE(nn.Module):
     def forward(
         self,
         frontal: torch.Tensor,
-        lateral: Optional[torch.Tensor] = None,
-        has_lateral: Optional[torch.Tensor] = None,
-        compact: Optional[bool] = None,
+        lateral: torch.Tensor | None = None,
+        has_lateral: torch.Tensor | None = None,
+        compact: bool | None = None,
     ) -> VisionOutput:
         """Encode studies (Method §3).
 
@@ -357,8 +363,8 @@ class MoVE(nn.Module):
     def attention(
         self,
         frontal: torch.Tensor,
-        lateral: Optional[torch.Tensor] = None,
-        has_lateral: Optional[torch.Tensor] = None,
+        lateral: torch.Tensor | None = None,
+        has_lateral: torch.Tensor | None = None,
         block: int = -1,
     ) -> torch.Tensor:
         """Attention probabilities of one block: [B, heads, S, S], S = prefix + P.
@@ -375,26 +381,26 @@ class MoVE(nn.Module):
 
 
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Weights from a .safetensors file or a torch file (loaded with weights_only=True)."""
+    """Weights from a .safetensors, .pth or .bin file, read by timm's ``load_state_dict``: torch files with
+    ``weights_only=True``; a ``state_dict`` or ``model`` entry is unwrapped (EMA weights are not picked), and the
+    ``module.`` / ``_orig_mod.`` prefixes of DDP and ``torch.compile`` are stripped."""
+    from timm.models import load_state_dict
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"medst/models/vision.py: checkpoint file not found: {path}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path, device="cpu")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"medst/models/vision.py: {path} does not hold a state dict")
+    try:
+        state = load_state_dict(path, use_ema=False, device="cpu", weights_only=True)
+    except AttributeError as err:  # timm calls .items() on whatever the file holds
+        raise ValueError(f"medst/models/vision.py: {path} does not hold a state dict") from err
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"medst/models/vision.py: {path} does not hold a state dict (not every value is a tensor)")
     return state
 
 
 def create_move(
     model_name: str = "vit_base_patch16_224",
     pretrained: bool = False,
-    checkpoint_path: Optional[str] = None,
+    checkpoint_path: str | None = None,
     lateral_init: str = "random",
     experts: str = "move",
     **timm_kwargs,
@@ -406,7 +412,7 @@ def create_move(
             "vit_small_patch16_224"); tiny profiles pass e.g. img_size=64, patch_size=8,
             embed_dim=64, depth=2, num_heads=2.
         pretrained: timm's own pretrained weights (needs the hub unless cached).
-        checkpoint_path: a local file (.safetensors or torch) holding either a ViT state
+        checkpoint_path: a local file (.safetensors, .pth or .bin) holding either a ViT state
             dict (timm key names; the classifier is ignored, position embeddings are
             resized by timm's filter) or a full MoVE state dict (keys `vit.*`, and
             `lateral_experts.*` unless it was saved with experts="shared").
@@ -419,7 +425,9 @@ def create_move(
 
     vit = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **timm_kwargs)
     if not isinstance(vit, VisionTransformer):
-        raise ValueError(f"medst/models/vision.py: {model_name} is a {type(vit).__name__}, not a timm VisionTransformer")
+        raise ValueError(
+            f"medst/models/vision.py: {model_name} is a {type(vit).__name__}, not a timm VisionTransformer"
+        )
     _check_experts(experts)  # before reading any file
     state = _read_state_dict(str(checkpoint_path)) if checkpoint_path else None
     if state is not None and any(k.startswith(("vit.", "lateral_experts.")) for k in state):  # a full MoVE state

@@ -5,24 +5,24 @@ gastric bubble are ellipsoids; ribs are thin tubes along 3-D hoops; pulmonary ve
 along random walks out of the hila. Sizes and positions vary per patient. Findings are 3-D lesions whose size
 follows a severity in (0, 1]: fluid filling lung space (pleural effusion from the posterior recess upward,
 lobe-shaped consolidation, patchy pneumonia, perihilar edema), a collapsing lung with a pleural air gap
-(pneumothorax) or a larger heart (cardiomegaly). ``phantom_render`` projects all of it into either view.
+(pneumothorax) or a larger heart (cardiomegaly). ``medst.phantom.render`` projects all of it into either view.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
-from medst.data.phantom_geometry import COL_AXIS, RAY_AXIS, Ellipsoid
+from medst.phantom.geometry import COL_AXIS, RAY_AXIS, Ellipsoid
 
 SIDES = ("right", "left")
 _SIGN = {"right": -1.0, "left": 1.0}
-LUNG_DENSITY = 0.2        # parenchyma, relative to soft tissue (air 0, soft tissue 1)
-BONE_EXTRA = 1.0          # bone = soft tissue + 1
-LATERAL_ONLY_MAX = 0.2    # pleural effusions up to this severity lie in the posterior recess only ...
-POSTERIOR_LAYER = 0.08    # ... at least this deep (half-extent along y, the frontal rays), and push the lung
-                          # base forward (``Lesion.displace``) so that no frontal ray sees them
+LUNG_DENSITY = 0.2  # parenchyma, relative to soft tissue (air 0, soft tissue 1)
+BONE_EXTRA = 1.0  # bone = soft tissue + 1
+LATERAL_ONLY_MAX = 0.2  # pleural effusions up to this severity lie in the posterior recess only ...
+POSTERIOR_LAYER = 0.08  # ... at least this deep (half-extent along y, the frontal rays), and push the lung
+# base forward (``Lesion.displace``) so that no frontal ray sees them
 
 
 @dataclass
@@ -63,8 +63,9 @@ class Ribs:
                     parts["stop"].append(n + len(idx))
                     parts["radius"].append(self.radius[r])
                     n += len(idx)
-            self._runs[view] = {k: (np.concatenate(v) if k in ("x", "z", "amp", "slope") else np.asarray(v))
-                                for k, v in parts.items()}
+            self._runs[view] = {
+                k: (np.concatenate(v) if k in ("x", "z", "amp", "slope") else np.asarray(v)) for k, v in parts.items()
+            }
         return self._runs[view]
 
 
@@ -72,25 +73,27 @@ class Ribs:
 class Anatomy:
     """One patient's 3-D description, fixed for the patient (the domes move with each study's inspiration)."""
 
-    body: list[Ellipsoid]                   # thorax and abdomen; their union is soft tissue
-    lungs: dict[str, Ellipsoid]             # "right", "left"
-    domes: dict[str, Ellipsoid]             # diaphragm domes (abdomen below them), cut from the lungs
+    body: list[Ellipsoid]  # thorax and abdomen; their union is soft tissue
+    lungs: dict[str, Ellipsoid]  # "right", "left"
+    domes: dict[str, Ellipsoid]  # diaphragm domes (abdomen below them), cut from the lungs
     heart: Ellipsoid
-    knob: Ellipsoid                         # aortic knob, cut from the left lung
-    spine: np.ndarray                       # [n, 6] axis-aligned vertebral bodies: centre (3), semi-axes (3)
-    bones: list[Ellipsoid]                  # clavicles (extra density BONE_EXTRA, as the vertebrae)
-    air: list[Ellipsoid]                    # trachea, stomach bubble (density -1)
+    knob: Ellipsoid  # aortic knob, cut from the left lung
+    spine: np.ndarray  # [n, 6] axis-aligned vertebral bodies: centre (3), semi-axes (3)
+    bones: list[Ellipsoid]  # clavicles (extra density BONE_EXTRA, as the vertebrae)
+    air: list[Ellipsoid]  # trachea, stomach bubble (density -1)
     ribs: Ribs
-    vessels: np.ndarray                     # [N, 4]: x, y, z, attenuation mass of a vessel segment
-    vessel_side: np.ndarray                 # [N] 0 = right lung, 1 = left lung
-    hilum: dict[str, np.ndarray]            # [3] per side
-    center: np.ndarray                      # [3] where images are aimed
-    sites: dict[str, dict] = field(default_factory=dict)   # lesion placement per finding (fixed per patient)
+    vessels: np.ndarray  # [N, 4]: x, y, z, attenuation mass of a vessel segment
+    vessel_side: np.ndarray  # [N] 0 = right lung, 1 = left lung
+    hilum: dict[str, np.ndarray]  # [3] per side
+    center: np.ndarray  # [3] where images are aimed
+    sites: dict[str, dict] = field(default_factory=dict)  # lesion placement per finding (fixed per patient)
 
-    def cuts(self, side: str, dome_shift: float = 0.0, heart: Optional[Ellipsoid] = None) -> list[Ellipsoid]:
+    def cuts(self, side: str, dome_shift: float = 0.0, heart: Ellipsoid | None = None) -> list[Ellipsoid]:
         """Ellipsoids removed from the ``side`` lung (domes raised by ``dome_shift``; another heart)."""
-        out = [self.domes[side].shifted((0, 0, dome_shift)) if dome_shift else self.domes[side],
-               self.heart if heart is None else heart]
+        out = [
+            self.domes[side].shifted((0, 0, dome_shift)) if dome_shift else self.domes[side],
+            self.heart if heart is None else heart,
+        ]
         if side == "left":
             out.append(self.knob)
         return out
@@ -117,8 +120,15 @@ def _ribs(rng: np.random.Generator, width: float, depth: float) -> Ribs:
     return Ribs(np.stack(pts), np.asarray(radius), 0.6 * BONE_EXTRA)
 
 
-def _vessel_tree(rng: np.random.Generator, sign: float, hilum: np.ndarray, lung: Ellipsoid,
-                 n_branches: int = 14, n_steps: int = 40, step: float = 0.02) -> np.ndarray:
+def _vessel_tree(
+    rng: np.random.Generator,
+    sign: float,
+    hilum: np.ndarray,
+    lung: Ellipsoid,
+    n_branches: int = 14,
+    n_steps: int = 40,
+    step: float = 0.02,
+) -> np.ndarray:
     """Pulmonary vessels: tapering random walks out of the hilum with short side twigs.
 
     Returns [N, 4] (x, y, z, attenuation mass of the segment) for the segments inside the lung."""
@@ -128,7 +138,7 @@ def _vessel_tree(rng: np.random.Generator, sign: float, hilum: np.ndarray, lung:
     d = d[:, None, :] + np.cumsum(rng.normal(scale=0.12, size=(n_branches, n_steps, 3)), axis=1)
     d[..., 0] = sign * np.maximum(sign * d[..., 0], 0.1)
     d /= np.linalg.norm(d, axis=-1, keepdims=True)
-    p = hilum + step * np.cumsum(d, axis=1)                               # [B, T, 3]
+    p = hilum + step * np.cumsum(d, axis=1)  # [B, T, 3]
     length = rng.integers(24, n_steps + 1, size=n_branches)[:, None]
     t = np.arange(n_steps)[None, :]
     r = rng.uniform(0.016, 0.022, size=(n_branches, 1)) * (1 - 0.75 * t / length)
@@ -143,18 +153,20 @@ def _vessel_tree(rng: np.random.Generator, sign: float, hilum: np.ndarray, lung:
     twig_r = (0.6 * trunk_r[twig][:, None] * (1 - s[..., 0] / 10)).reshape(-1)
     pts = np.concatenate([trunk_p, twig_p])
     rad = np.concatenate([trunk_r, twig_r])
-    mass = np.pi * rad ** 2 * step * (1 - LUNG_DENSITY)
+    mass = np.pi * rad**2 * step * (1 - LUNG_DENSITY)
     keep = lung.contains(pts)
     return np.concatenate([pts[keep], mass[keep, None]], axis=1)
 
 
 def make_anatomy(rng: np.random.Generator) -> Anatomy:
     """Draw one patient's anatomy (sizes, positions, ribs, vessels) from ``rng``."""
-    width = rng.uniform(0.85, 0.97)           # chest half-width
-    depth = width * rng.uniform(0.6, 0.72)    # chest half-depth
+    width = rng.uniform(0.85, 0.97)  # chest half-width
+    depth = width * rng.uniform(0.6, 0.72)  # chest half-depth
     heart_scale = rng.uniform(0.9, 1.08)
-    body = [Ellipsoid.make((0, 0.05, -0.15), (width, depth, 1.7)),
-            Ellipsoid.make((0, 0.05 + 0.2 * depth, -1.1), (width * 0.96, depth * 1.3, 0.9))]
+    body = [
+        Ellipsoid.make((0, 0.05, -0.15), (width, depth, 1.7)),
+        Ellipsoid.make((0, 0.05 + 0.2 * depth, -1.1), (width * 0.96, depth * 1.3, 0.9)),
+    ]
     dome_top = {"right": rng.uniform(-0.30, -0.20)}
     dome_top["left"] = dome_top["right"] - rng.uniform(0.03, 0.1)
     lungs, domes, hilum = {}, {}, {}
@@ -162,27 +174,49 @@ def make_anatomy(rng: np.random.Generator) -> Anatomy:
         s = _SIGN[side]
         lw = (0.36 if side == "right" else 0.33) * width / 0.9 * rng.uniform(0.95, 1.05)
         cx = s * (0.1 + lw)
-        lungs[side] = Ellipsoid.make((cx, 0.1 * depth + 0.02, -0.12),
-                                     (lw, 0.80 * depth, 0.88 * rng.uniform(0.95, 1.04)), tilt_y=-s * 0.05)
-        domes[side] = Ellipsoid.make((cx + s * 0.03, -0.12, dome_top[side] - 0.46),
-                                     (lw * 1.25, 0.66 * depth, 0.46), tilt_x=-0.12)
+        lungs[side] = Ellipsoid.make(
+            (cx, 0.1 * depth + 0.02, -0.12), (lw, 0.80 * depth, 0.88 * rng.uniform(0.95, 1.04)), tilt_y=-s * 0.05
+        )
+        domes[side] = Ellipsoid.make(
+            (cx + s * 0.03, -0.12, dome_top[side] - 0.46), (lw * 1.25, 0.66 * depth, 0.46), tilt_x=-0.12
+        )
         hilum[side] = np.array([s * 0.2, 0.04, 0.02])
-    heart = Ellipsoid.make((0.1 * heart_scale, -0.16, dome_top["left"] + 0.08),
-                           (0.40 * heart_scale, 0.27 * heart_scale, 0.25 * heart_scale), tilt_y=0.55, tilt_x=0.25)
+    heart = Ellipsoid.make(
+        (0.1 * heart_scale, -0.16, dome_top["left"] + 0.08),
+        (0.40 * heart_scale, 0.27 * heart_scale, 0.25 * heart_scale),
+        tilt_y=0.55,
+        tilt_x=0.25,
+    )
     knob = Ellipsoid.make((0.12, 0.05, 0.33), (0.075, 0.08, 0.07))
     spine = np.array([(0.0, 0.62 * depth, z, 0.07, 0.075, 0.052) for z in np.arange(0.95, -1.05, -0.15)])
     bones = []
     for s in (-1.0, 1.0):  # clavicles
-        bones.append(Ellipsoid.make((s * 0.36 * width / 0.9, -0.25, 0.74), (0.34, 0.035, 0.032),
-                                    tilt_y=-s * rng.uniform(0.1, 0.25)))
-    air = [Ellipsoid.make((0.0, -0.02, 0.75), (0.045, 0.045, 0.45))]           # trachea
-    if rng.random() < 0.75:                                                     # gastric bubble
+        bones.append(
+            Ellipsoid.make(
+                (s * 0.36 * width / 0.9, -0.25, 0.74), (0.34, 0.035, 0.032), tilt_y=-s * rng.uniform(0.1, 0.25)
+            )
+        )
+    air = [Ellipsoid.make((0.0, -0.02, 0.75), (0.045, 0.045, 0.45))]  # trachea
+    if rng.random() < 0.75:  # gastric bubble
         air.append(Ellipsoid.make((0.42, -0.05, dome_top["left"] - 0.2), (0.13, 0.1, 0.07)))
     ribs = _ribs(rng, width, depth)
     vessels = [_vessel_tree(rng, _SIGN[side], hilum[side], lungs[side]) for side in SIDES]
     side_of = np.concatenate([np.full(len(v), j) for j, v in enumerate(vessels)])
-    return Anatomy(body, lungs, domes, heart, knob, spine, bones, air, ribs, np.concatenate(vessels), side_of, hilum,
-                   np.array([0.0, 0.05, -0.12]))
+    return Anatomy(
+        body,
+        lungs,
+        domes,
+        heart,
+        knob,
+        spine,
+        bones,
+        air,
+        ribs,
+        np.concatenate(vessels),
+        side_of,
+        hilum,
+        np.array([0.0, 0.05, -0.12]),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,13 +238,13 @@ class Lesion:
     """
 
     finding: str
-    side: str                       # "right", "left" or "" (heart)
+    side: str  # "right", "left" or "" (heart)
     kind: str
     blobs: list[Ellipsoid] = field(default_factory=list)
     fill: float = 1.0
-    pivot: Optional[np.ndarray] = None
+    pivot: np.ndarray | None = None
     factor: float = 1.0
-    heart: Optional[Ellipsoid] = None
+    heart: Ellipsoid | None = None
     displace: float = 0.0
 
 
@@ -220,8 +254,11 @@ def lung_recess(anatomy: Anatomy, side: str, n: int = 16) -> dict:
     within 0.12 of the bottom) and ``recess_width`` (half its extent along x)."""
     lung = anatomy.lungs[side]
     low, high = lung.extent()
-    axes = [np.linspace(low[0], high[0], n), np.linspace(lung.center[1] - 0.1, high[1], int(1.5 * n)),
-            np.linspace(low[2], low[2] + 0.6, 2 * n)]
+    axes = [
+        np.linspace(low[0], high[0], n),
+        np.linspace(lung.center[1] - 0.1, high[1], int(1.5 * n)),
+        np.linspace(low[2], low[2] + 0.6, 2 * n),
+    ]
     pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
     pts = pts[lung.contains(pts)]
     for c in anatomy.cuts(side):
@@ -229,8 +266,11 @@ def lung_recess(anatomy: Anatomy, side: str, n: int = 16) -> dict:
     bottom = float(pts[:, 2].min())
     floor = pts[pts[:, 2] < bottom + 0.12]
     centre = floor.mean(axis=0)
-    return dict(bottom=bottom, recess=np.array([centre[0], centre[1], bottom]),
-                recess_width=float(floor[:, 0].max() - floor[:, 0].min()) / 2)
+    return dict(
+        bottom=bottom,
+        recess=np.array([centre[0], centre[1], bottom]),
+        recess_width=float(floor[:, 0].max() - floor[:, 0].min()) / 2,
+    )
 
 
 def make_sites(rng: np.random.Generator, anatomy: Anatomy) -> dict[str, dict]:
@@ -243,17 +283,26 @@ def make_sites(rng: np.random.Generator, anatomy: Anatomy) -> dict[str, dict]:
         cz = {"upper": 0.3, "middle": -0.05, "lower": -0.2}[lobe] + rng.uniform(-0.05, 0.05)
         cy = {"upper": 0.05, "middle": -0.2, "lower": 0.22}[lobe]
         sites[f"consolidation_{side}"] = dict(
-            lobe=lobe, center=np.array([lung.center[0] + s * rng.uniform(0.0, 0.1), cy, cz]),
-            tilt=(rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5)))
+            lobe=lobe,
+            center=np.array([lung.center[0] + s * rng.uniform(0.0, 0.1), cy, cz]),
+            tilt=(rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5)),
+        )
         lobe = lobes[int(rng.choice(3, p=[0.25, 0.25, 0.5]))]
         cz = {"upper": 0.32, "middle": 0.0, "lower": -0.15}[lobe]
         sites[f"pneumonia_{side}"] = dict(
-            lobe=lobe, center=np.array([lung.center[0] + s * rng.uniform(-0.05, 0.1), rng.uniform(-0.1, 0.2), cz]),
-            offsets=rng.normal(scale=(0.1, 0.1, 0.09), size=(6, 3)), sizes=rng.uniform(0.6, 1.0, size=6))
-        sites[f"effusion_{side}"] = dict(**lung_recess(anatomy, side), lateral=rng.uniform(0.15, 0.25),
-                                         posterior=lung.center[1] + rng.uniform(0.25, 0.35))
+            lobe=lobe,
+            center=np.array([lung.center[0] + s * rng.uniform(-0.05, 0.1), rng.uniform(-0.1, 0.2), cz]),
+            offsets=rng.normal(scale=(0.1, 0.1, 0.09), size=(6, 3)),
+            sizes=rng.uniform(0.6, 1.0, size=6),
+        )
+        sites[f"effusion_{side}"] = dict(
+            **lung_recess(anatomy, side),
+            lateral=rng.uniform(0.15, 0.25),
+            posterior=lung.center[1] + rng.uniform(0.25, 0.35),
+        )
         sites[f"pneumothorax_{side}"] = dict(
-            pivot=np.array([lung.center[0] - s * rng.uniform(0.12, 0.2), 0.05, rng.uniform(-0.45, -0.3)]))
+            pivot=np.array([lung.center[0] - s * rng.uniform(0.12, 0.2), 0.05, rng.uniform(-0.45, -0.3)])
+        )
         sites[f"covid_{side}"] = dict(jitter=rng.normal(scale=0.03, size=(4, 3)))
     sites["edema"] = dict(stretch=rng.uniform(0.9, 1.1, size=3))
     return sites
@@ -270,9 +319,9 @@ def lesions_for(finding: str, severity: float, side: str, anatomy: Anatomy) -> l
         big = h.shifted((0.04 * sev, 0.0, -0.02 * sev)).stretched((f, 1 + 0.1 * sev, 0.92 * f))
         return [Lesion(finding, "", "heart", heart=big)]
     out: list[Lesion] = []
-    for sd in (SIDES if side == "bilateral" else (side,)):
+    for sd in SIDES if side == "bilateral" else (side,):
         if sd not in SIDES:
-            raise ValueError(f"phantom_render.lesions_for: side {side!r} of {finding} is not left/right/bilateral")
+            raise ValueError(f"phantom.anatomy.lesions_for: side {side!r} of {finding} is not left/right/bilateral")
         s, lung = _SIGN[sd], anatomy.lungs[sd]
         if finding == "pleural_effusion":
             p = anatomy.sites[f"effusion_{sd}"]
@@ -292,31 +341,53 @@ def lesions_for(finding: str, severity: float, side: str, anatomy: Anatomy) -> l
                 level = p["bottom"] + 0.02 + 1.3 * sev
                 c = np.array([lung.center[0] + s * p["lateral"], p["posterior"], level - 0.9])
                 out.append(Lesion(finding, sd, "fluid", [Ellipsoid.make(c, (0.75, 0.9, 0.9))], fill=1.0))
-        elif finding == "consolidation":       # one dense, lobe-shaped opacity
+        elif finding == "consolidation":  # one dense, lobe-shaped opacity
             p = anatomy.sites[f"consolidation_{sd}"]
             r = 0.09 + 0.13 * sev
-            out.append(Lesion(finding, sd, "fluid", [Ellipsoid.make(p["center"], (1.1 * r, 1.3 * r, 0.85 * r),
-                                                                    *p["tilt"])], fill=0.85))
-        elif finding == "pneumonia":           # a patchy cluster of opacities in one lobe
+            out.append(
+                Lesion(
+                    finding,
+                    sd,
+                    "fluid",
+                    [Ellipsoid.make(p["center"], (1.1 * r, 1.3 * r, 0.85 * r), *p["tilt"])],
+                    fill=0.85,
+                )
+            )
+        elif finding == "pneumonia":  # a patchy cluster of opacities in one lobe
             p = anatomy.sites[f"pneumonia_{sd}"]
             n = 2 + int(round(4 * sev))
-            blobs = [Ellipsoid.make(p["center"] + p["offsets"][j] * (0.6 + 0.6 * sev),
-                                    np.array([1.2, 1.0, 0.9]) * (0.05 + 0.07 * sev) * p["sizes"][j])
-                     for j in range(n)]
+            blobs = [
+                Ellipsoid.make(
+                    p["center"] + p["offsets"][j] * (0.6 + 0.6 * sev),
+                    np.array([1.2, 1.0, 0.9]) * (0.05 + 0.07 * sev) * p["sizes"][j],
+                )
+                for j in range(n)
+            ]
             out.append(Lesion(finding, sd, "fluid", blobs, fill=0.7))
-        elif finding == "edema":               # perihilar haze, always both lungs
+        elif finding == "edema":  # perihilar haze, always both lungs
             c = anatomy.hilum[sd] + np.array([s * 0.1, 0.0, -0.05])
             axes = np.array([0.22 + 0.12 * sev, 0.3 + 0.1 * sev, 0.32 + 0.15 * sev]) * anatomy.sites["edema"]["stretch"]
             out.append(Lesion(finding, sd, "fluid", [Ellipsoid.make(c, axes)], fill=0.08 + 0.32 * sev))
-        elif finding == "pneumothorax":        # apical / lateral air gap
+        elif finding == "pneumothorax":  # apical / lateral air gap
             p = anatomy.sites[f"pneumothorax_{sd}"]
             out.append(Lesion(finding, sd, "ptx", pivot=p["pivot"], factor=1.0 - (0.05 + 0.3 * sev)))
-        elif finding == "covid":               # COVIDx: peripheral, basal ground-glass opacities
+        elif finding == "covid":  # COVIDx: peripheral, basal ground-glass opacities
             jit = anatomy.sites[f"covid_{sd}"]["jitter"]
-            blobs = [Ellipsoid.make(np.array([lung.center[0] + s * (0.12 + 0.06 * (j % 2)), 0.05 + 0.1 * (j - 1.5),
-                                              -0.3 + 0.1 * j * (0.5 + 0.5 * sev)]) + jit[j],
-                                    (0.1 + 0.05 * sev, 0.18, 0.12 + 0.05 * sev)) for j in range(4)]
+            blobs = [
+                Ellipsoid.make(
+                    np.array(
+                        [
+                            lung.center[0] + s * (0.12 + 0.06 * (j % 2)),
+                            0.05 + 0.1 * (j - 1.5),
+                            -0.3 + 0.1 * j * (0.5 + 0.5 * sev),
+                        ]
+                    )
+                    + jit[j],
+                    (0.1 + 0.05 * sev, 0.18, 0.12 + 0.05 * sev),
+                )
+                for j in range(4)
+            ]
             out.append(Lesion(finding, sd, "fluid", blobs, fill=0.2 + 0.3 * sev))
         else:
-            raise ValueError(f"phantom_render.lesions_for: unknown finding {finding!r}")
+            raise ValueError(f"phantom.anatomy.lesions_for: unknown finding {finding!r}")
     return out

@@ -14,17 +14,18 @@ where ``u`` is the pixel's offset from the centre in the image plane. A projecti
 vectorised numpy operations per object, and no voxel volume is ever built. Unions and differences of
 ellipsoids (a lung minus the diaphragm dome and the heart) are exact too, by interval arithmetic per ray.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
 VIEWS = ("frontal", "lateral")
-RAY_AXIS = {"frontal": 1, "lateral": 0}   # the axis each view integrates along
-COL_AXIS = {"frontal": 0, "lateral": 1}   # the axis image columns follow (rows always follow -z)
-FOV_HEIGHT = 2.3                          # world units covered by the long side of an image (magnification 1)
+RAY_AXIS = {"frontal": 1, "lateral": 0}  # the axis each view integrates along
+COL_AXIS = {"frontal": 0, "lateral": 1}  # the axis image columns follow (rows always follow -z)
+FOV_HEIGHT = 2.3  # world units covered by the long side of an image (magnification 1)
 
 Window = tuple[slice, slice]
 Interval = tuple[np.ndarray, np.ndarray]
@@ -39,16 +40,15 @@ class Ellipsoid:
     half-size of its axis-aligned bounding box."""
 
     center: np.ndarray  # [3]
-    A: np.ndarray       # [3, 3] symmetric positive definite
-    half: Optional[np.ndarray] = field(default=None, repr=False, compare=False)
+    A: np.ndarray  # [3, 3] symmetric positive definite
+    half: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.half is None:
             object.__setattr__(self, "half", np.sqrt(np.diag(np.linalg.inv(self.A))))
 
     @staticmethod
-    def make(center: Sequence[float], axes: Sequence[float], tilt_y: float = 0.0,
-             tilt_x: float = 0.0) -> "Ellipsoid":
+    def make(center: Sequence[float], axes: Sequence[float], tilt_y: float = 0.0, tilt_x: float = 0.0) -> Ellipsoid:
         """Semi-axes ``axes`` rotated by ``tilt_y`` radians about y (in the frontal plane), then by
         ``tilt_x`` about x (in the lateral plane)."""
         cy, sy = np.cos(tilt_y), np.sin(tilt_y)
@@ -57,25 +57,29 @@ class Ellipsoid:
         a = np.diag(1.0 / np.square(np.asarray(axes, dtype=np.float64)))
         return Ellipsoid(np.asarray(center, dtype=np.float64), rot @ a @ rot.T)
 
-    def scaled(self, factor: float, about: Optional[Sequence[float]] = None) -> "Ellipsoid":
+    def scaled(self, factor: float, about: Sequence[float] | None = None) -> Ellipsoid:
         """Scaled by ``factor`` about the point ``about`` (default: the centre)."""
         pivot = self.center if about is None else np.asarray(about, dtype=np.float64)
-        return Ellipsoid(pivot + factor * (self.center - pivot), self.A / factor ** 2, self.half * factor)
+        return Ellipsoid(pivot + factor * (self.center - pivot), self.A / factor**2, self.half * factor)
 
-    def stretched(self, factors: Sequence[float]) -> "Ellipsoid":
+    def stretched(self, factors: Sequence[float]) -> Ellipsoid:
         """Scaled along the world axes about the centre by [3] ``factors``."""
         s = np.diag(1.0 / np.asarray(factors, dtype=np.float64))
         return Ellipsoid(self.center, s @ self.A @ s)
 
-    def shifted(self, offset: Sequence[float]) -> "Ellipsoid":
+    def shifted(self, offset: Sequence[float]) -> Ellipsoid:
         return Ellipsoid(self.center + np.asarray(offset, dtype=np.float64), self.A, self.half)
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """[N, 3] points -> [N] bool."""
         x, y, z = (points[:, j] - self.center[j] for j in range(3))
         a = self.A
-        q = (a[0, 0] * x * x + a[1, 1] * y * y + a[2, 2] * z * z
-             + 2 * (a[0, 1] * x * y + a[0, 2] * x * z + a[1, 2] * y * z))
+        q = (
+            a[0, 0] * x * x
+            + a[1, 1] * y * y
+            + a[2, 2] * z * z
+            + 2 * (a[0, 1] * x * y + a[0, 2] * x * z + a[1, 2] * y * z)
+        )
         return q <= 1.0
 
     def extent(self) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +120,7 @@ class Grid:
 def make_grid(view: str, shape: tuple[int, int], center: Sequence[float], magnification: float) -> Grid:
     """Pixel grid of an image of ``shape`` = (H, W) aimed at the world point ``center`` [3]."""
     if view not in VIEWS:
-        raise ValueError(f"phantom_render.make_grid: unknown view {view!r}, expected one of {VIEWS}")
+        raise ValueError(f"phantom.geometry.make_grid: unknown view {view!r}, expected one of {VIEWS}")
     h, w = shape
     pitch = FOV_HEIGHT / max(h, w) / magnification
     cols = center[COL_AXIS[view]] + (np.arange(w) - (w - 1) / 2) * pitch
@@ -129,10 +133,12 @@ def window_empty(win: Window) -> bool:
     return win[0].stop <= win[0].start or win[1].stop <= win[1].start
 
 
-def window_overlap(a: Window, b: Window) -> Optional[Window]:
+def window_overlap(a: Window, b: Window) -> Window | None:
     """Intersection of two (row, column) windows, or None when empty."""
-    out = (slice(max(a[0].start, b[0].start), min(a[0].stop, b[0].stop)),
-           slice(max(a[1].start, b[1].start), min(a[1].stop, b[1].stop)))
+    out = (
+        slice(max(a[0].start, b[0].start), min(a[0].stop, b[0].stop)),
+        slice(max(a[1].start, b[1].start), min(a[1].stop, b[1].stop)),
+    )
     return None if window_empty(out) else out
 
 
@@ -175,14 +181,14 @@ def intersect(*intervals: Interval) -> Interval:
     return lo, hi
 
 
-def union_length(intervals: Sequence[Interval], within: Optional[Interval] = None) -> np.ndarray:
+def union_length(intervals: Sequence[Interval], within: Interval | None = None) -> np.ndarray:
     """Per-ray length of the union of a few intervals (each clipped to ``within`` if given), by
     inclusion–exclusion: ``|∪ I| = Σ_S (-1)^(|S|+1) |∩_S I|`` over non-empty subsets S (intersections of
     intervals are intervals, so every term is exact)."""
     if within is not None:
         intervals = [intersect(c, within) for c in intervals]
     total = None
-    stack = [((), None)]   # depth-first over subsets, reusing each parent's intersection
+    stack = [((), None)]  # depth-first over subsets, reusing each parent's intersection
     while stack:
         members, inter = stack.pop()
         start = members[-1] + 1 if members else 0

@@ -1,46 +1,66 @@
 """Render phantom radiographs: project one patient's 3-D anatomy and lesions into a frontal or lateral image.
 
 Attenuation ``P`` along each ray is measured relative to soft tissue (1 per unit length): lung parenchyma
-0.2, air 0, bone 2. It adds up the exact line integrals of ``phantom_geometry`` over the objects of
-``phantom_anatomy``: the body, minus the lungs' air space (each lung minus its dome, the heart and the aortic
-knob), plus bones, ribs and vessels. Each lesion's change of ``P`` is kept apart, so that its visibility and
-its box can be measured in every view. The displayed image is
+0.2, air 0, bone 2. It adds up the exact line integrals of ``medst.phantom.geometry`` over the objects of
+``medst.phantom.anatomy``: the body, minus the lungs' air space (each lung minus its dome, the heart and the
+aortic knob), plus bones, ribs and vessels. Each lesion's change of ``P`` is kept apart, so that its
+visibility and its box can be measured in every view (Method §1). The displayed image is
 
     255 · clip((1 - exp(-k P) - lo) / (hi - lo), 0, 1) ** gamma
 
-after a small detector blur, plus Gaussian noise. This module also re-exports the geometry and anatomy
-names, so ``phantom_render`` is the one entry point for drawing a phantom patient.
+after a small detector blur, plus Gaussian noise.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from medst.data.phantom_anatomy import (  # noqa: F401  (re-exported)
-    BONE_EXTRA, LATERAL_ONLY_MAX, LUNG_DENSITY, POSTERIOR_LAYER, SIDES, Anatomy, Lesion, Ribs, lesions_for,
-    lung_recess, make_anatomy, make_sites)
-from medst.data.phantom_geometry import (  # noqa: F401  (re-exported)
-    COL_AXIS, FOV_HEIGHT, RAY_AXIS, VIEWS, Ellipsoid, Grid, Window, chord, intersect, make_grid, ray_interval,
-    space_length, union_length, window_empty, window_overlap)
+from medst.phantom.anatomy import BONE_EXTRA, LUNG_DENSITY, SIDES, Anatomy, Lesion, Ribs
+from medst.phantom.geometry import (
+    COL_AXIS,
+    RAY_AXIS,
+    Ellipsoid,
+    Grid,
+    Window,
+    chord,
+    intersect,
+    make_grid,
+    ray_interval,
+    space_length,
+    union_length,
+    window_empty,
+    window_overlap,
+)
 
-VISIBLE_LEVELS = 2.5      # a lesion is visible in a view when it changes some pixel by >= this many grey levels
+VISIBLE_LEVELS = 2.5  # a lesion is visible in a view when it changes some pixel by >= this many grey levels
+
+
+class Box(NamedTuple):
+    """A lesion's box in pixel edges (pixel i covers [i, i + 1)), as ground_truth/boxes.csv stores it."""
+
+    x_min: int
+    y_min: int
+    x_max: int
+    y_max: int
 
 
 @dataclass(frozen=True)
 class Exposure:
     """Per-image acquisition: positioning, inspiration, exposure curve, noise."""
 
-    shift: tuple[float, float, float] = (0.0, 0.0, 0.0)   # aim point relative to the chest
+    shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # aim point relative to the chest
     magnification: float = 1.0
-    dome_shift: float = 0.0      # > 0: poorer inspiration (domes higher)
-    k: float = 2.0               # exposure: I = 1 - exp(-k P)
-    lo: float = 0.2              # display window on I
+    dome_shift: float = 0.0  # > 0: poorer inspiration (domes higher)
+    k: float = 2.0  # exposure: I = 1 - exp(-k P)
+    lo: float = 0.2  # display window on I
     hi: float = 1.0
     gamma: float = 0.75
-    noise: float = 2.5           # grey levels (std) of additive noise
-    blur: float = 0.6            # detector blur in pixels (Gaussian sigma)
+    noise: float = 2.5  # grey levels (std) of additive noise
+    blur: float = 0.6  # detector blur in pixels (Gaussian sigma)
 
 
 def default_exposure(view: str) -> Exposure:
@@ -59,16 +79,17 @@ class ViewRender:
     attenuation: np.ndarray
     lesions: list[Lesion]
     lesion_delta: list[np.ndarray]
-    heart_boxes: dict[int, Optional[tuple[int, int, int, int]]] = field(default_factory=dict)
+    heart_boxes: dict[int, Box | None] = field(default_factory=dict)
 
     def visible(self, j: int) -> bool:
         """Whether lesion ``j`` changes some pixel by at least VISIBLE_LEVELS grey levels."""
         return float(np.abs(self.lesion_delta[j]).max(initial=0.0)) >= VISIBLE_LEVELS
 
-    def box(self, j: int) -> Optional[tuple[int, int, int, int]]:
-        """(x_min, y_min, x_max, y_max) of lesion ``j`` in pixel edges (pixel i covers [i, i + 1)), or None
-        when it is not visible in this view. Fluid: where it changes the image (where it makes it denser for
-        fluid that displaces the lung base); pneumothorax: the lucent gap; cardiomegaly: the cardiac silhouette above the diaphragm."""
+    def box(self, j: int) -> Box | None:
+        """The :class:`Box` (x_min, y_min, x_max, y_max) of lesion ``j`` in pixel edges, or None when it is not
+        visible in this view. Fluid: where it changes the image (where it makes it denser for fluid that
+        displaces the lung base); pneumothorax: the lucent gap; cardiomegaly: the cardiac silhouette above the
+        diaphragm."""
         if not self.visible(j):
             return None
         les = self.lesions[j]
@@ -76,7 +97,7 @@ class ViewRender:
             return self.heart_boxes.get(j)
         if les.kind == "ptx":
             d = -self.lesion_delta[j]
-        elif les.displace:   # the fluid itself, not the air space it pushed forward
+        elif les.displace:  # the fluid itself, not the air space it pushed forward
             d = np.maximum(self.lesion_delta[j], 0.0)
         else:
             d = np.abs(self.lesion_delta[j])
@@ -84,7 +105,7 @@ class ViewRender:
         if not mask.any():
             return None
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-        return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+        return Box(int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
 
 
 def _gauss_blur(img: np.ndarray, sigma: float) -> np.ndarray:
@@ -99,11 +120,11 @@ def _gauss_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     p = np.pad(img, pad + [(r, r), (0, 0)], mode="edge")
     out = w[0] * p[..., 0:h, :]
     for j in range(1, 2 * r + 1):
-        out += w[j] * p[..., j:j + h, :]
+        out += w[j] * p[..., j : j + h, :]
     p = np.pad(out, pad + [(0, 0), (r, r)], mode="edge")
     out = w[0] * p[..., 0:wd]
     for j in range(1, 2 * r + 1):
-        out += w[j] * p[..., j:j + wd]
+        out += w[j] * p[..., j : j + wd]
     return out
 
 
@@ -113,7 +134,7 @@ def _splat(grid: Grid, points: np.ndarray, mass: np.ndarray) -> np.ndarray:
     c, r = grid.to_pixels(points)
     c0, r0 = np.floor(c).astype(np.int64), np.floor(r).astype(np.int64)
     fc, fr = c - c0, r - r0
-    m = mass / grid.pitch ** 2
+    m = mass / grid.pitch**2
     rr = np.concatenate([r0, r0, r0 + 1, r0 + 1])
     cc = np.concatenate([c0, c0 + 1, c0, c0 + 1])
     wt = np.concatenate([(1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc]) * np.tile(m, 4)
@@ -138,7 +159,7 @@ def _render_ribs(grid: Grid, ribs: Ribs, out: np.ndarray) -> None:
         return
     run = np.repeat(np.arange(len(start)), length)
     col = c0[run] + np.arange(length.sum()) - np.repeat(np.cumsum(length) - length, length)
-    offset = 64.0   # > any coordinate span: run r's samples live in [64 r - 32, 64 r + 32]
+    offset = 64.0  # > any coordinate span: run r's samples live in [64 r - 32, 64 r + 32]
     sample_run = np.repeat(np.arange(len(start)), stop - start)
     j = np.searchsorted(x + offset * sample_run, grid.cols[col] + offset * run)
     j = np.clip(j, start[run] + 1, stop[run] - 1)
@@ -171,8 +192,9 @@ def _render_spine(grid: Grid, spine: np.ndarray, out: np.ndarray) -> None:
     out[rows, cols] += (BONE_EXTRA * 2 * spine[:, 3 + e, None, None] * np.sqrt(q)).sum(axis=0).astype(np.float32)
 
 
-def _fluid_length(lung: Ellipsoid, cuts: Sequence[Ellipsoid], blob: Ellipsoid, grid: Grid, win: Window,
-                  ss: int) -> np.ndarray:
+def _fluid_length(
+    lung: Ellipsoid, cuts: Sequence[Ellipsoid], blob: Ellipsoid, grid: Grid, win: Window, ss: int
+) -> np.ndarray:
     """Length of (lung minus cuts) ∩ blob along the rays of ``grid[win]``, averaged over ``ss × ss`` sub-rays
     per pixel (a thin blob would otherwise fall between pixel centres)."""
     if ss > 1:
@@ -191,7 +213,7 @@ def _fluid_length(lung: Ellipsoid, cuts: Sequence[Ellipsoid], blob: Ellipsoid, g
 def _display(p: np.ndarray, ex: Exposure) -> np.ndarray:
     """Attenuation -> noise-free grey levels (float, 0..255)."""
     v = np.clip((1.0 - np.exp(-ex.k * p) - ex.lo) / (ex.hi - ex.lo), 0.0, 1.0)
-    return 255.0 * (v ** ex.gamma if ex.gamma != 1.0 else v)
+    return 255.0 * (v**ex.gamma if ex.gamma != 1.0 else v)
 
 
 def _vessel_weights(anatomy: Anatomy, lesion: Lesion) -> np.ndarray:
@@ -210,8 +232,14 @@ def _vessel_weights(anatomy: Anatomy, lesion: Lesion) -> np.ndarray:
     return w
 
 
-def render_view(anatomy: Anatomy, lesions: Sequence[Lesion], view: str, shape: tuple[int, int],
-                exposure: Exposure, noise_rng: Optional[np.random.Generator] = None) -> ViewRender:
+def render_view(
+    anatomy: Anatomy,
+    lesions: Sequence[Lesion],
+    view: str,
+    shape: tuple[int, int],
+    exposure: Exposure,
+    noise_rng: np.random.Generator | None = None,
+) -> ViewRender:
     """Project the patient with ``lesions`` into one ``view`` image of ``shape`` = (H, W).
 
     Returns a :class:`ViewRender`: the uint8 image (noise added when ``noise_rng`` is given), the noise-free
@@ -259,17 +287,22 @@ def render_view(anatomy: Anatomy, lesions: Sequence[Lesion], view: str, shape: t
                         m_lung, m_blob = lung.shifted(move), b.shifted(move)
                         mwin = window_overlap(grid.window(*m_lung.extent()), grid.window(*m_blob.extent()))
                         if mwin is not None:
-                            deltas[j][mwin] -= les.fill * lung_gap * _fluid_length(
-                                m_lung, [c.shifted(move) for c in cut_shapes], m_blob, grid, mwin, ss)
+                            deltas[j][mwin] -= (
+                                les.fill
+                                * lung_gap
+                                * _fluid_length(m_lung, [c.shifted(move) for c in cut_shapes], m_blob, grid, mwin, ss)
+                            )
             elif les.kind == "ptx" and les.side == side:
                 # the lung collapses towards its root keeping its mass (denser by factor⁻³) and leaves a
                 # pleural air gap; the visceral pleura shows as a thin line where air lies beyond it
                 inner = space_length(intersect(li, ray_interval(lung.scaled(les.factor, les.pivot), grid, win)), cuts)
-                core = space_length(intersect(li, ray_interval(lung.scaled(0.97 * les.factor, les.pivot), grid, win)),
-                                    cuts)
+                core = space_length(
+                    intersect(li, ray_interval(lung.scaled(0.97 * les.factor, les.pivot), grid, win)), cuts
+                )
                 gap = space - inner
-                deltas[j][win] += (LUNG_DENSITY * (inner / les.factor ** 3 - space)
-                                   + 1.2 * (inner - core) * np.clip(gap / 0.05, 0.0, 1.0))
+                deltas[j][win] += LUNG_DENSITY * (inner / les.factor**3 - space) + 1.2 * (inner - core) * np.clip(
+                    gap / 0.05, 0.0, 1.0
+                )
             elif les.kind == "heart":
                 big = [ray_interval(c, grid, win) for c in anatomy.cuts(side, ex.dome_shift, les.heart)]
                 deltas[j][win] += lung_gap * (space - space_length(li, big))
@@ -297,13 +330,15 @@ def render_view(anatomy: Anatomy, lesions: Sequence[Lesion], view: str, shape: t
     if noise_rng is not None and ex.noise > 0:
         img = clean + np.float32(ex.noise) * noise_rng.standard_normal(clean.shape, dtype=np.float32)
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
-    heart_boxes = {j: _silhouette_box(les.heart, anatomy, grid, ex.dome_shift)
-                   for j, les in enumerate(lesions) if les.kind == "heart"}
+    heart_boxes = {
+        j: _silhouette_box(les.heart, anatomy, grid, ex.dome_shift)
+        for j, les in enumerate(lesions)
+        if les.kind == "heart"
+    }
     return ViewRender(image, clean.astype(np.float32), total, list(lesions), lesion_delta, heart_boxes)
 
 
-def _silhouette_box(heart: Ellipsoid, anatomy: Anatomy, grid: Grid,
-                    dome_shift: float) -> Optional[tuple[int, int, int, int]]:
+def _silhouette_box(heart: Ellipsoid, anatomy: Anatomy, grid: Grid, dome_shift: float) -> Box | None:
     """Pixel box of the heart's projection above the higher diaphragm dome, clipped to the image."""
     ca = COL_AXIS[grid.view]
     low, high = heart.extent()
@@ -313,4 +348,4 @@ def _silhouette_box(heart: Ellipsoid, anatomy: Anatomy, grid: Grid,
     x1 = int(np.clip(np.ceil((high[ca] - grid.cols[0]) / grid.pitch + 0.5), 0, w))
     y0 = int(np.clip(np.floor((grid.rows[0] - high[2]) / grid.pitch + 0.5), 0, h))
     y1 = int(np.clip(np.ceil((grid.rows[0] - max(low[2], floor)) / grid.pitch + 0.5), 0, h))
-    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+    return Box(x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None

@@ -10,10 +10,12 @@ mention of a present finding contains its head word (``effusion``, ``consolidati
 The same phrase generator builds the MS-CXR-T-style sentence pairs: two phrasings of one change
 (paraphrase) or of opposite changes (contradiction).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -27,9 +29,14 @@ _SEVERITY = {  # mild, moderate, severe
     "pneumonia": (("mild", "patchy"), ("moderate", "multifocal"), ("severe", "extensive")),
     "cardiomegaly": (("mild", "borderline"), ("moderate", "moderate"), ("severe", "marked")),
 }
-_LOBES = {("right", "upper"): "right upper lobe", ("right", "middle"): "right middle lobe",
-          ("right", "lower"): "right lower lobe", ("left", "upper"): "left upper lobe",
-          ("left", "middle"): "lingular", ("left", "lower"): "left lower lobe"}
+_LOBES = {
+    ("right", "upper"): "right upper lobe",
+    ("right", "middle"): "right middle lobe",
+    ("right", "lower"): "right lower lobe",
+    ("left", "upper"): "left upper lobe",
+    ("left", "middle"): "lingular",
+    ("left", "lower"): "left lower lobe",
+}
 
 
 @dataclass(frozen=True)
@@ -37,12 +44,20 @@ class FindingState:
     """One finding in one study, as the report needs it."""
 
     finding: str
-    severity: float                 # 0 = absent
-    previous: Optional[float]       # severity at the prior study; None for a patient's first study
-    side: str                       # "left", "right", "bilateral", ""
-    change: str = ""                # improving / stable / worsening vs the prior study; "" if none or absent in both
-    lobe: str = ""                  # consolidation/pneumonia: "upper", "middle", "lower"
-    lateral_only: bool = False      # pleural effusion seen on the lateral view only
+    severity: float  # 0 = absent
+    previous: float | None  # severity at the prior study; None for a patient's first study
+    side: str  # "left", "right", "bilateral", ""
+    change: str = ""  # improving / stable / worsening vs the prior study; "" if none or absent in both
+    lobe: str = ""  # consolidation/pneumonia: "upper", "middle", "lower"
+    lateral_only: bool = False  # pleural effusion seen on the lateral view only
+
+
+class SentencePair(NamedTuple):
+    """One MS-CXR-T-style temporal sentence pair: two sentences about one finding and how they relate."""
+
+    sentence_1: str
+    sentence_2: str
+    category: str  # "paraphrase" | "contradiction"
 
 
 def severity_band(severity: float) -> int:
@@ -79,7 +94,7 @@ def noun(f: FindingState, rng: np.random.Generator) -> str:
         return _pick(rng, (f"{side} pneumothorax", f"{side} apical pneumothorax", f"{side}-sided pneumothorax"))
     if name == "cardiomegaly":
         return "cardiomegaly"
-    raise ValueError(f"phantom_reports.noun: unknown finding {name!r}")
+    raise ValueError(f"phantom.reports.noun: unknown finding {name!r}")
 
 
 def _verbs(finding: str) -> tuple[str, str]:
@@ -96,27 +111,48 @@ def state_sentence(f: FindingState, rng: np.random.Generator) -> str:
     adj, n = _adjective(rng, f.finding, f.severity), noun(f, rng)
     if f.finding == "cardiomegaly":
         how = ("mildly", "moderately", "severely")[severity_band(f.severity)]
-        s = _pick(rng, (f"{_cap(adj)} cardiomegaly.", f"The heart is {how} enlarged, consistent with cardiomegaly.",
-                        f"There is {adj} cardiomegaly."))
+        s = _pick(
+            rng,
+            (
+                f"{_cap(adj)} cardiomegaly.",
+                f"The heart is {how} enlarged, consistent with cardiomegaly.",
+                f"There is {adj} cardiomegaly.",
+            ),
+        )
     elif f.finding == "pneumonia":
-        where = ("Bilateral opacities" if f.side == "bilateral"
-                 else f"Opacity in the {n.replace(' pneumonia', '').replace('lingular', 'lingula')}")
-        s = _pick(rng, (f"{_cap(adj)} {n}.", f"{where} concerning for pneumonia.",
-                        f"Findings are consistent with {adj} {n}."))
+        where = (
+            "Bilateral opacities"
+            if f.side == "bilateral"
+            else f"Opacity in the {n.replace(' pneumonia', '').replace('lingular', 'lingula')}"
+        )
+        s = _pick(
+            rng, (f"{_cap(adj)} {n}.", f"{where} concerning for pneumonia.", f"Findings are consistent with {adj} {n}.")
+        )
     else:
-        s = _pick(rng, (f"There is a {adj} {n}.", f"{_cap(adj)} {n}.", f"{_cap(adj)} {n} is present.",
-                        f"A {adj} {n} is seen."))
+        s = _pick(
+            rng,
+            (f"There is a {adj} {n}.", f"{_cap(adj)} {n}.", f"{_cap(adj)} {n} is present.", f"A {adj} {n} is seen."),
+        )
         if n.endswith("s"):
             s = _pick(rng, (f"There are {adj} {n}.", f"{_cap(adj)} {n}.", f"{_cap(adj)} {n} are present."))
         elif f.finding == "edema":
             s = _pick(rng, (f"There is {adj} {n}.", f"{_cap(adj)} {n}."))
     if f.lateral_only:
-        blunting = ("Blunting of both posterior costophrenic angles on the lateral view is consistent with small "
-                    "bilateral pleural effusions." if f.side == "bilateral" else
-                    f"Blunting of the {f.side} posterior costophrenic angle on the lateral view is consistent with a "
-                    f"small pleural effusion.")
-        s = _pick(rng, (s[:-1] + ", seen only on the lateral view.", blunting,
-                        s[:-1] + ", visible on the lateral radiograph only."))
+        blunting = (
+            "Blunting of both posterior costophrenic angles on the lateral view is consistent with small "
+            "bilateral pleural effusions."
+            if f.side == "bilateral"
+            else f"Blunting of the {f.side} posterior costophrenic angle on the lateral view is consistent with a "
+            f"small pleural effusion."
+        )
+        s = _pick(
+            rng,
+            (
+                s[:-1] + ", seen only on the lateral view.",
+                blunting,
+                s[:-1] + ", visible on the lateral radiograph only.",
+            ),
+        )
     return s
 
 
@@ -126,31 +162,49 @@ def change_sentence(f: FindingState, change: str, rng: np.random.Generator) -> s
     has, is_ = ("have", "are") if n.endswith("s") else ("has", "is")
     worse, better = _verbs(f.finding)
     prior = _pick(rng, ("the prior radiograph", "the prior study", "the previous examination", "prior"))
-    now = (f", now {_adjective(rng, f.finding, f.severity)}" if f.severity > 0 and rng.random() < 0.5 else "")
+    now = f", now {_adjective(rng, f.finding, f.severity)}" if f.severity > 0 and rng.random() < 0.5 else ""
     if change == "worsening":
         if f.previous is not None and f.previous <= 0:
             adj = _adjective(rng, f.finding, f.severity)
             a_new = "new" if n.endswith("s") else "a new"
-            options = [f"New {adj} {n}.", f"There {is_} {a_new} {adj} {n}, not present on {prior}.",
-                       f"Since {prior}, {'' if n.endswith('s') else 'a '}{adj} {n} {has} developed."]
+            options = [
+                f"New {adj} {n}.",
+                f"There {is_} {a_new} {adj} {n}, not present on {prior}.",
+                f"Since {prior}, {'' if n.endswith('s') else 'a '}{adj} {n} {has} developed.",
+            ]
         else:
-            options = [f"Compared with {prior}, the {n} {has} {worse}{now}.", f"Interval increase in the {n}.",
-                       f"The {n} {is_} worse than on {prior}.", f"Worsening {n}.",
-                       f"{_cap(n)} {has} {worse} since {prior}{now}."]
+            options = [
+                f"Compared with {prior}, the {n} {has} {worse}{now}.",
+                f"Interval increase in the {n}.",
+                f"The {n} {is_} worse than on {prior}.",
+                f"Worsening {n}.",
+                f"{_cap(n)} {has} {worse} since {prior}{now}.",
+            ]
     elif change == "improving":
         if f.severity <= 0:
-            options = [f"The previously seen {n} {has} resolved.", f"Interval resolution of the {n}.",
-                       f"The {n} seen on {prior} {has} resolved."]
+            options = [
+                f"The previously seen {n} {has} resolved.",
+                f"Interval resolution of the {n}.",
+                f"The {n} seen on {prior} {has} resolved.",
+            ]
         else:
-            options = [f"Compared with {prior}, the {n} {has} {better}{now}.", f"Interval decrease in the {n}.",
-                       f"The {n} {is_} improved compared with {prior}.", f"Improving {n}.",
-                       f"{_cap(n)} {has} {better} since {prior}{now}."]
+            options = [
+                f"Compared with {prior}, the {n} {has} {better}{now}.",
+                f"Interval decrease in the {n}.",
+                f"The {n} {is_} improved compared with {prior}.",
+                f"Improving {n}.",
+                f"{_cap(n)} {has} {better} since {prior}{now}.",
+            ]
     elif change == "stable":
         adj = _adjective(rng, f.finding, f.severity)
-        options = [f"Unchanged {adj} {n}.", f"The {adj} {n} {is_} stable compared with {prior}.", f"Stable {adj} {n}.",
-                   f"No significant change in the {adj} {n} since {prior}."]
+        options = [
+            f"Unchanged {adj} {n}.",
+            f"The {adj} {n} {is_} stable compared with {prior}.",
+            f"Stable {adj} {n}.",
+            f"No significant change in the {adj} {n} since {prior}.",
+        ]
     else:
-        raise ValueError(f"phantom_reports.change_sentence: unknown change {change!r}")
+        raise ValueError(f"phantom.reports.change_sentence: unknown change {change!r}")
     s = _pick(rng, options)
     if f.lateral_only and f.severity > 0:
         s = s[:-1] + ", seen only on the lateral view."
@@ -163,8 +217,11 @@ _NEGATIONS = {
     "consolidation": ("No focal consolidation.", "There is no focal consolidation.", "No consolidation."),
     "edema": ("No pulmonary edema.", "There is no pulmonary edema.", "No edema."),
     "pneumonia": ("No evidence of pneumonia.", "No radiographic evidence of pneumonia.", "No pneumonia."),
-    "cardiomegaly": ("Heart size is normal.", "The cardiomediastinal silhouette is within normal limits.",
-                     "No cardiomegaly."),
+    "cardiomegaly": (
+        "Heart size is normal.",
+        "The cardiomediastinal silhouette is within normal limits.",
+        "No cardiomegaly.",
+    ),
 }
 
 
@@ -173,19 +230,30 @@ def negations(absent: Sequence[str], rng: np.random.Generator) -> list[str]:
     said = [f for f in absent if rng.random() < 0.6]
     out = []
     if "pleural_effusion" in said and "pneumothorax" in said and rng.random() < 0.6:
-        out.append(_pick(rng, ("No pleural effusion or pneumothorax.",
-                               "There is no pleural effusion or pneumothorax.")))
+        out.append(
+            _pick(rng, ("No pleural effusion or pneumothorax.", "There is no pleural effusion or pneumothorax."))
+        )
         said = [f for f in said if f not in ("pleural_effusion", "pneumothorax")]
     return out + [_pick(rng, _NEGATIONS[f]) for f in said]
 
 
-_NORMAL_IMPRESSION = ("No acute cardiopulmonary process.", "No acute intrathoracic abnormality.",
-                      "No acute cardiopulmonary abnormality.", "Normal chest radiograph.")
-_INDICATIONS = ("___-year-old {sex} with shortness of breath.", "___-year-old {sex} with cough and fever, "
-                "evaluate for pneumonia.", "Follow-up of known pleural effusion.", "Evaluate for interval change.",
-                "___-year-old {sex} with chest pain.", "Dyspnea, evaluate for edema.",
-                "History: ___ {sex} with hypoxia.", "Status post line placement, evaluate for pneumothorax.",
-                "Fever, assess for infection.")
+_NORMAL_IMPRESSION = (
+    "No acute cardiopulmonary process.",
+    "No acute intrathoracic abnormality.",
+    "No acute cardiopulmonary abnormality.",
+    "Normal chest radiograph.",
+)
+_INDICATIONS = (
+    "___-year-old {sex} with shortness of breath.",
+    "___-year-old {sex} with cough and fever, evaluate for pneumonia.",
+    "Follow-up of known pleural effusion.",
+    "Evaluate for interval change.",
+    "___-year-old {sex} with chest pain.",
+    "Dyspnea, evaluate for edema.",
+    "History: ___ {sex} with hypoxia.",
+    "Status post line placement, evaluate for pneumothorax.",
+    "Fever, assess for infection.",
+)
 
 
 def _impression_sentence(f: FindingState, rng: np.random.Generator) -> str:
@@ -198,13 +266,24 @@ def _impression_sentence(f: FindingState, rng: np.random.Generator) -> str:
             return f"New {n}."
         return _pick(rng, (f"Worsening {n}.", f"Increased {n}.", f"Progression of {n}."))
     if c == "improving":
-        return f"Resolved {n}." if f.severity <= 0 else _pick(rng, (f"Improving {n}.", f"Decreased {n}.",
-                                                                  f"Improved {n}."))
+        return (
+            f"Resolved {n}."
+            if f.severity <= 0
+            else _pick(rng, (f"Improving {n}.", f"Decreased {n}.", f"Improved {n}."))
+        )
     return _pick(rng, (f"Stable {n}.", f"Unchanged {n}."))
 
 
-def make_report(states: Sequence[FindingState], *, view: str, lateral: bool, prior_date: Optional[str],
-                sex: str, rng: np.random.Generator, findings_section: bool = True) -> str:
+def make_report(
+    states: Sequence[FindingState],
+    *,
+    view: str,
+    lateral: bool,
+    prior_date: str | None,
+    sex: str,
+    rng: np.random.Generator,
+    findings_section: bool = True,
+) -> str:
     """Write one study's report.
 
     Args:
@@ -244,29 +323,34 @@ def make_report(states: Sequence[FindingState], *, view: str, lateral: bool, pri
     if not findings_section:
         impression = " ".join(body) if body else impression
 
-    lines = ["                                 FINAL REPORT",
-             f" EXAMINATION:  {exam}", "",
-             f" INDICATION:  {_pick(rng, _INDICATIONS).format(sex=sex)}", "",
-             f" TECHNIQUE:  {technique}", "",
-             f" COMPARISON:  {comparison}", ""]
+    lines = [
+        "                                 FINAL REPORT",
+        f" EXAMINATION:  {exam}",
+        "",
+        f" INDICATION:  {_pick(rng, _INDICATIONS).format(sex=sex)}",
+        "",
+        f" TECHNIQUE:  {technique}",
+        "",
+        f" COMPARISON:  {comparison}",
+        "",
+    ]
     if findings_section:
         lines += [" FINDINGS:", "", " " + " ".join(body), ""]
     lines += [" IMPRESSION:", "", " " + impression, ""]
     return "\n".join(lines)
 
 
-def sentence_pairs(rng: np.random.Generator, n_pairs: int,
-                   findings: Sequence[str]) -> list[tuple[str, str, str]]:
+def sentence_pairs(rng: np.random.Generator, n_pairs: int, findings: Sequence[str]) -> list[SentencePair]:
     """MS-CXR-T-style temporal sentence pairs, half paraphrases (two phrasings of the same change of the same
     finding) and half contradictions (the same finding improving in one sentence, worsening in the other).
-    Returns [(sentence_1, sentence_2, "paraphrase" | "contradiction")] with distinct sentences per pair."""
-    out: list[tuple[str, str, str]] = []
+    Returns ``n_pairs`` :class:`SentencePair` with distinct sentences per pair (Method §8)."""
+    out: list[SentencePair] = []
     seen: set[tuple[str, str]] = set()
     tries = 0
     while len(out) < n_pairs:
         tries += 1
         if tries > 200 * n_pairs:
-            raise RuntimeError("phantom_reports.sentence_pairs: could not find enough distinct pairs")
+            raise RuntimeError("phantom.reports.sentence_pairs: could not find enough distinct pairs")
         finding = findings[int(rng.integers(len(findings)))]
         side = _pick(rng, ("left", "right")) if finding not in ("edema",) else ""
         lobe = _pick(rng, ("upper", "middle", "lower"))
@@ -279,10 +363,11 @@ def sentence_pairs(rng: np.random.Generator, n_pairs: int,
         before = float(rng.uniform(0.3, 0.6))
         for c in changes:
             after = before + {"improving": -0.2, "stable": 0.0, "worsening": 0.2}[c]
-            sentences.append(change_sentence(FindingState(finding, after, before, side, c, lobe), c, rng))
+            state = FindingState(finding=finding, severity=after, previous=before, side=side, change=c, lobe=lobe)
+            sentences.append(change_sentence(state, c, rng))
         key = (sentences[0], sentences[1])
         if sentences[0] == sentences[1] or key in seen:
             continue
         seen.add(key)
-        out.append((sentences[0], sentences[1], category))
+        out.append(SentencePair(sentences[0], sentences[1], category))
     return out

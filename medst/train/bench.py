@@ -3,31 +3,46 @@
 Training steps run on synthetic batches of the profile's shapes (S sequences of L studies plus singles, half
 of the studies with a lateral view), so the model's speed is measured apart from the disk. Reported:
 
-- ``pairs_per_s`` and ``ms_per_step`` (forward, backward, optimiser step; median over timed steps),
+- ``pairs_per_s`` and ``ms_per_step`` (pre-training's step, :func:`medst.train.step.train_step`: forward,
+  backward, gradient clipping, optimiser step; median over timed steps),
 - ``peak_memory_gb`` (``torch.cuda.max_memory_allocated``; the process's peak RSS on a CPU),
 - ``mfu``: model FLOPs per step (PyTorch's FLOP counter over forward and backward) divided by the step time
   and the device's dense bf16 peak; ``null`` on a CPU or an unknown GPU,
 - ``loader_images_per_s`` (with ``--data``): images the DataLoader delivers per second with the profile's
   workers and cache, and ``loader_to_model_ratio``, pairs delivered per pair consumed (≥ 1.5 is the target).
 """
+
 from __future__ import annotations
 
 import json
 import resource
 import statistics
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-from medst.utils import resolve_device, seed_everything
 from medst.config import Config, load_profile
+from medst.data.dataset import Batch, loader_from_config
+from medst.models.build import build_tokenizer
+from medst.models.medst import build_medst
+from medst.models.text import train_wordpiece_tokenizer
+from medst.train.step import AmpPolicy, optimizer_from_config, train_step
+from medst.utils import resolve_device, seed_everything
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
-BF16_PEAK = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("GH200", 989e12), ("A100", 312e12),
-             ("L40S", 362e12), ("A10G", 70e12), ("RTX 4090", 165e12)]
+BF16_PEAK = [
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("A10G", 70e12),
+    ("RTX 4090", 165e12),
+]
 
 
 def device_peak_flops(device: torch.device) -> float | None:
@@ -39,11 +54,37 @@ def device_peak_flops(device: torch.device) -> float | None:
 
 def synthetic_tokenizer(vocab_size: int):
     """A WordPiece tokenizer trained on generated report-like text (no files, no downloads)."""
-    from medst.models.text import train_wordpiece_tokenizer
-
-    words = ["effusion", "pleural", "consolidation", "edema", "pneumothorax", "cardiomegaly", "heart", "lung",
-             "left", "right", "small", "moderate", "large", "increased", "decreased", "unchanged", "no", "with",
-             "compared", "prior", "radiograph", "the", "is", "has", "there", "and", "of", "bilateral", "basilar"]
+    words = [
+        "effusion",
+        "pleural",
+        "consolidation",
+        "edema",
+        "pneumothorax",
+        "cardiomegaly",
+        "heart",
+        "lung",
+        "left",
+        "right",
+        "small",
+        "moderate",
+        "large",
+        "increased",
+        "decreased",
+        "unchanged",
+        "no",
+        "with",
+        "compared",
+        "prior",
+        "radiograph",
+        "the",
+        "is",
+        "has",
+        "there",
+        "and",
+        "of",
+        "bilateral",
+        "basilar",
+    ]
     g = torch.Generator().manual_seed(0)
     texts = [" ".join(words[i] for i in torch.randint(len(words), (40,), generator=g).tolist()) for _ in range(200)]
     return train_wordpiece_tokenizer(texts, vocab_size=min(vocab_size, 2000))
@@ -52,8 +93,6 @@ def synthetic_tokenizer(vocab_size: int):
 def synthetic_batch(cfg: Config, sequences: int, singles: int, tokenizer, device: torch.device):
     """A :class:`Batch` of the profile's shapes with random pixels and full-length random reports
     (ordinary tokens of ``tokenizer`` between its [CLS] and [SEP]); every other study has a lateral."""
-    from medst.data.dataset import Batch
-
     L, size, T = cfg.data.sequence_length, cfg.data.image_size, cfg.data.max_length
     B = sequences * L + singles
     has_lateral = torch.arange(B) % 2 == 0
@@ -61,20 +100,27 @@ def synthetic_batch(cfg: Config, sequences: int, singles: int, tokenizer, device
     ordinary = torch.tensor([i for i in range(len(tokenizer)) if i not in set(special.tolist())])
     ids = ordinary[torch.randint(len(ordinary), (B, T))]
     ids[:, 0], ids[:, -1] = tokenizer.cls_token_id, tokenizer.sep_token_id
-    batch = Batch(frontal=torch.randn(B, 3, size, size), lateral=torch.randn(int(has_lateral.sum()), 3, size, size),
-                  has_lateral=has_lateral, input_ids=ids, attention_mask=torch.ones(B, T, dtype=torch.long),
-                  num_sequences=sequences, sequence_length=L, study_ids=list(range(B)), subject_ids=list(range(B)),
-                  texts=[""] * B)
+    batch = Batch(
+        frontal=torch.randn(B, 3, size, size),
+        lateral=torch.randn(int(has_lateral.sum()), 3, size, size),
+        has_lateral=has_lateral,
+        input_ids=ids,
+        attention_mask=torch.ones(B, T, dtype=torch.long),
+        num_sequences=sequences,
+        sequence_length=L,
+        study_ids=list(range(B)),
+        subject_ids=list(range(B)),
+        texts=[""] * B,
+    )
     return batch.to(device)
 
 
 def bench_model(cfg: Config, device: torch.device, sequences: int, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
-    """Time ``steps`` training steps at ``sequences`` sequences per batch (singles scaled as in the profile)."""
-    from torch.utils.flop_counter import FlopCounterMode
+    """Time ``steps`` training steps at ``sequences`` sequences per batch (singles scaled as in the profile).
 
-    from medst.models.medst import build_medst
-    from medst.train.loop import param_groups
-
+    A step is pre-training's (:func:`~medst.train.step.train_step`: the profile's mixed precision, gradient
+    clipping, AdamW) on one synthetic batch, without a schedule.
+    """
     seed_everything(0)
     tokenizer = synthetic_tokenizer(cfg.model.text.vocab_size)
     model = build_medst(cfg, tokenizer).to(device)
@@ -82,27 +128,20 @@ def bench_model(cfg: Config, device: torch.device, sequences: int, steps: int = 
     ratio = cfg.train.singles_per_batch / max(cfg.train.sequences_per_batch, 1)
     batch = synthetic_batch(cfg, sequences, round(sequences * ratio), model.text.tokenizer, device)
     batch = batch.pad_laterals(cfg.train.group_bucket)
-    opt = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=1e-5,
-                            **({"fused": True} if device.type == "cuda" else {}))
-    forward = (torch.compile(model, dynamic=False if cfg.train.group_bucket else None) if cfg.train.compile
-               else model)
-    amp = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" and device.type == "cuda"
-           else nullcontext())
+    opt = optimizer_from_config(model, cfg, device)
+    forward = torch.compile(model, dynamic=False if cfg.train.group_bucket else None) if cfg.train.compile else model
+    amp = AmpPolicy.from_config(cfg, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def step() -> None:
-        with amp:
-            loss = forward(batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(model, batch, opt, amp=amp, clip=cfg.train.grad_clip, forward=forward)
 
     model.train()
     for _ in range(warmup):
         step()
     sync()
     with FlopCounterMode(display=False) as counter:  # forward + backward FLOPs of one step
-        with amp:
+        with amp.autocast():
             loss = model(batch).loss
         loss.backward()
     opt.zero_grad(set_to_none=True)
@@ -118,24 +157,29 @@ def bench_model(cfg: Config, device: torch.device, sequences: int, steps: int = 
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times)
     peak = device_peak_flops(device)
-    memory = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return {"sequences_per_batch": sequences, "pairs_per_step": batch.size, "ms_per_step": round(seconds * 1e3, 2),
-            "pairs_per_s": round(batch.size / seconds, 2), "flops_per_step": flops,
-            "tflops_per_s": round(flops / seconds / 1e12, 3), "mfu": round(flops / seconds / peak, 4) if peak else None,
-            "peak_memory_gb": round(memory, 3)}
+    memory = (
+        torch.cuda.max_memory_allocated(device) / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    return {
+        "sequences_per_batch": sequences,
+        "pairs_per_step": batch.size,
+        "ms_per_step": round(seconds * 1e3, 2),
+        "pairs_per_s": round(batch.size / seconds, 2),
+        "flops_per_step": flops,
+        "tflops_per_s": round(flops / seconds / 1e12, 3),
+        "mfu": round(flops / seconds / peak, 4) if peak else None,
+        "peak_memory_gb": round(memory, 3),
+    }
 
 
 def bench_loader(cfg: Config, data_dir: Path, batches: int = 20) -> dict[str, Any]:
     """Images and pairs per second delivered by the training DataLoader (profile's workers and cache)."""
-    from medst.data.dataset import make_loader
-    from medst.models.build import build_tokenizer
-
     tokenizer = build_tokenizer(cfg, data_dir)
-    loader = make_loader(data_dir, tokenizer, split="train", image_size=cfg.data.image_size,
-                         sequences_per_batch=cfg.train.sequences_per_batch,
-                         singles_per_batch=cfg.train.singles_per_batch, train=True, num_workers=cfg.data.num_workers,
-                         max_length=cfg.data.max_length, sequence_length=cfg.data.sequence_length)
+    loader = loader_from_config(
+        cfg, data_dir, tokenizer, split="train", train=True, lateral_bucket=cfg.train.group_bucket
+    )
     it = iter(loader)
     next(it)  # start the workers
     images = pairs = n = 0
@@ -147,12 +191,20 @@ def bench_loader(cfg: Config, data_dir: Path, batches: int = 20) -> dict[str, An
         if n == batches:
             break
     seconds = time.perf_counter() - start
-    return {"loader_images_per_s": round(images / seconds, 1), "loader_pairs_per_s": round(pairs / seconds, 1),
-            "loader_batches": n}
+    return {
+        "loader_images_per_s": round(images / seconds, 1),
+        "loader_pairs_per_s": round(pairs / seconds, 1),
+        "loader_batches": n,
+    }
 
 
-def bench(cfg: Config, device: str = "auto", batch_sizes: list[int] | None = None, steps: int = 10,
-          data_dir: Path | None = None) -> dict[str, Any]:
+def bench(
+    cfg: Config,
+    device: str = "auto",
+    batch_sizes: list[int] | None = None,
+    steps: int = 10,
+    data_dir: Path | None = None,
+) -> dict[str, Any]:
     """Benchmark each batch size, keep the fastest (pairs/s) that fits in memory, add the loader's speed."""
     dev = resolve_device(device)
     sizes = batch_sizes or [cfg.train.sequences_per_batch]
@@ -167,10 +219,17 @@ def bench(cfg: Config, device: str = "auto", batch_sizes: list[int] | None = Non
     if not ok:
         raise RuntimeError(f"no batch size fitted: {runs}")
     best = max(ok, key=lambda r: r["pairs_per_s"])
-    result = {"profile": cfg.name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-              "torch": torch.__version__, "precision": cfg.train.precision, "compile": cfg.train.compile,
-              "group_bucket": cfg.train.group_bucket,
-              "threads": torch.get_num_threads(), **best, "tried": runs}
+    result = {
+        "profile": cfg.name,
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "precision": cfg.train.precision,
+        "compile": cfg.train.compile,
+        "group_bucket": cfg.train.group_bucket,
+        "threads": torch.get_num_threads(),
+        **best,
+        "tried": runs,
+    }
     if data_dir is not None:
         result.update(bench_loader(cfg, Path(data_dir)))
         result["loader_to_model_ratio"] = round(result["loader_pairs_per_s"] / best["pairs_per_s"], 2)

@@ -6,12 +6,12 @@ random number generator's state, the data position (epoch and batch within it) a
 Files are written to a temporary name and renamed into place (``os.replace``), so a run killed at any moment
 leaves either the previous checkpoint or the new one, never half a file. ``latest`` names the newest.
 
-Final weights go to ``RUN/model.safetensors`` (safetensors: no code, memory-mappable).
+Final weights go to ``RUN/model.safetensors`` (safetensors: no code, memory-mappable; :mod:`medst.models.weights`).
 """
+
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -19,11 +19,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from medst.config import flatten, normalized
+from medst.models.weights import save_weights  # noqa: F401  (medst.train.loop writes the final weights with it)
 from medst.utils import atomic_write
 
 # Config keys that may differ between a checkpoint and the run resuming it.
-RESUMABLE_KEYS = {"name", "train.steps", "train.checkpoint_every", "train.log_every", "data.num_workers",
-                  "train.group_bucket"}  # padding the view groups changes no result
+RESUMABLE_KEYS = {
+    "name",
+    "train.steps",
+    "train.checkpoint_every",
+    "train.log_every",
+    "data.num_workers",
+    "train.group_bucket",
+}  # padding the view groups changes no result
 
 
 def rng_state() -> dict[str, Any]:
@@ -31,8 +39,12 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "python": list(random.getstate()[1]),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -49,28 +61,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "kwargs":
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys whose values differ between two config dicts (ignoring :data:`RESUMABLE_KEYS`).
 
-    A key the saved config lacks (written before the key existed) counts as its default value."""
-    from medst.config import Config
-
-    defaults = flatten(Config().to_dict())
-    a, b = flatten(saved), flatten(current)
-    a.update({k: defaults[k] for k in set(defaults) - set(a)})
-    return [f"{k}: checkpoint has {a.get(k)!r}, this run has {b.get(k)!r}"
-            for k in sorted(set(a) | set(b)) if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)]
+    A key the saved config lacks (written before the key existed) counts as its default value
+    (:func:`medst.config.normalized`)."""
+    a, b = flatten(normalized(saved)), flatten(current)
+    return [
+        f"{k}: checkpoint has {a.get(k)!r}, this run has {b.get(k)!r}"
+        for k in sorted(set(a) | set(b))
+        if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)
+    ]
 
 
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
@@ -101,20 +102,8 @@ def load_checkpoint(path: Path, config: dict[str, Any] | None = None) -> dict[st
     if config is not None:
         diff = config_differences(json.loads(state["config"]), config)
         if diff:
-            raise ValueError(f"checkpoint {path} was written with a different configuration and cannot be resumed:\n  "
-                             + "\n  ".join(diff))
+            raise ValueError(
+                f"checkpoint {path} was written with a different configuration and cannot be resumed:\n  "
+                + "\n  ".join(diff)
+            )
     return state
-
-
-def save_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Final weights as safetensors (tied tensors handled by ``safetensors.torch.save_model``)."""
-    from safetensors.torch import save_model
-
-    atomic_write(Path(path), lambda tmp: save_model(model, str(tmp), metadata=metadata))
-
-
-def load_weights(model: torch.nn.Module, path: Path, strict: bool = True) -> torch.nn.Module:
-    from safetensors.torch import load_model
-
-    load_model(model, str(path), strict=strict)
-    return model

@@ -6,6 +6,7 @@ BatchNorm over every process's rows lives with the models (:mod:`medst.models.no
 the rendezvous address; :func:`init` reads them and joins the process group (NCCL on GPUs, gloo on CPUs).
 With one process nothing is initialised and everything below is the identity.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,11 +1,15 @@
-"""Pre-training: the loop behind ``medst pretrain`` and chapter 7.
+"""Pre-training: the loop behind ``medst pretrain`` and chapter 7 (Method §7).
 
-One step = ``accumulation`` micro-batches, each a :class:`~medst.data.dataset.Batch` of S sequences of L
-studies followed by single studies; AdamW with a cosine schedule after a linear warm-up (transformers'
-scheduler); bf16 autocast on GPUs; gradient clipping; a guard that stops on a non-finite loss and keeps the
+One step (:func:`medst.train.step.train_step`) = ``accumulation`` micro-batches, each a
+:class:`~medst.data.dataset.Batch` of S sequences of L studies followed by single studies; AdamW with a cosine
+schedule after a linear warm-up (transformers' scheduler); bf16 autocast with ``train.precision=bf16``
+(:class:`~medst.train.step.AmpPolicy`); gradient clipping; a guard that stops on a non-finite loss and keeps the
 last good checkpoint. Several processes come from ``torchrun`` (DDP; NCCL on GPUs, gloo on CPUs): each keeps
 whole sequences, the global loss sees every process's negatives, and the heads' BatchNorm statistics are
 taken over the global batch.
+
+:class:`Trainer` is handed its model and loader; :meth:`Trainer.from_config` builds both from a profile and a
+prepared folder (:func:`pretrain`, the command line and the chapters use it).
 
 The host never waits for the device between log steps: a step's loss, terms and gradient norm stay on the
 device, and :meth:`Trainer.flush` reads all pending steps at once at each log step and before each checkpoint.
@@ -17,35 +21,59 @@ prefetching workers and move to the device without blocking.
 
 Run folder: ``config.json``, ``tokenizer/``, ``metrics.csv``, ``checkpoints/``, ``model.safetensors``.
 """
+
 from __future__ import annotations
 
 import csv
 import json
-import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
-from medst.utils import resolve_device, seed_everything
+from medst.config import Config, load_profile
+from medst.data.dataset import loader_from_config
+from medst.models.build import build_tokenizer
+from medst.models.medst import build_medst
 from medst.models.norm import convert_batchnorm
 from medst.train import distributed
-from medst.train.checkpoint import (latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, save_weights,
-                                    set_rng_state)
-from medst.config import Config, load_profile
+from medst.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+)
+from medst.train.step import AmpPolicy, NonFiniteLoss, check_finite, optimizer_from_config, train_step
+from medst.utils import resolve_device, seed_everything
 
-METRIC_FIELDS = ["step", "epoch", "loss", "global", "local", "temporal", "fmc", "rmr", "lr", "grad_norm",
-                 "pairs_per_s", "seconds", "local_word", "local_patch", "word_max_weight", "word_entropy",
-                 "patch_max_weight", "patch_entropy"]
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or infinite; the run folder keeps its last good checkpoint."""
+METRIC_FIELDS = [
+    "step",
+    "epoch",
+    "loss",
+    "global",
+    "local",
+    "temporal",
+    "fmc",
+    "rmr",
+    "lr",
+    "grad_norm",
+    "pairs_per_s",
+    "seconds",
+    "local_word",
+    "local_patch",
+    "word_max_weight",
+    "word_entropy",
+    "patch_max_weight",
+    "patch_entropy",
+]
 
 
 class _SkipFirst(Sampler):
@@ -63,98 +91,138 @@ class _SkipFirst(Sampler):
         return max(len(self.batch_sampler) - self.skip, 0)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on matrices only; biases, norms, embeddings' position/CLS tokens are not decayed."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or "pos_embed" in name or "cls_token" in name else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def _place(device: str | torch.device) -> tuple[torch.device, distributed.DistInfo]:
+    """The device of this process and its place among the processes (with torchrun: its own GPU)."""
+    dev = resolve_device(device)
+    dist = distributed.init(dev)
+    if dev.type == "cuda" and dist.enabled:
+        dev = torch.device("cuda", dist.local_rank)
+    return dev, dist
 
 
 class Trainer:
-    """Holds the model, optimiser, schedule and data of one run; :meth:`fit` runs it to ``train.steps``."""
+    """Trains a Med-ST model on the batches of a loader into a run folder; :meth:`fit` runs it to ``train.steps``.
 
-    def __init__(self, cfg: Config, data_dir: str | Path, run_dir: str | Path, *, device: str = "auto",
-                 resume: bool = False, progress: bool = True, tokenizer=None) -> None:
-        from transformers import get_cosine_schedule_with_warmup
+    ``model`` (a :class:`~medst.models.medst.MedST`, its weights as built) and ``loader`` (a DataLoader of
+    :class:`~medst.data.dataset.Batch` whose batch sampler has ``set_epoch``, e.g. from
+    :func:`~medst.data.dataset.loader_from_config` with this process's ``rank`` and ``world_size``) are handed in;
+    the Trainer moves the model to the device, wraps it (DDP, ``torch.compile``), makes the optimiser and the
+    schedule, and each epoch draws the loader's batches through a resumable sampler. :meth:`from_config` builds
+    both from a profile and a prepared folder (``medst pretrain``, the chapters).
+    """
 
-        from medst.models.build import build_tokenizer
-        from medst.models.medst import build_medst
-
-        self.cfg, self.data_dir, self.run_dir = cfg, Path(data_dir), Path(run_dir)
-        self.device = resolve_device(device)
-        self.dist = distributed.init(self.device)
-        if self.device.type == "cuda" and self.dist.enabled:
-            self.device = torch.device("cuda", self.dist.local_rank)
+    def __init__(
+        self,
+        cfg: Config,
+        model: torch.nn.Module,
+        loader: DataLoader,
+        run_dir: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        resume: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.cfg, self.loader, self.run_dir = cfg, loader, Path(run_dir)
+        self.device, self.dist = _place(device)
         self.progress = progress and self.dist.is_main
         self.run_dir.mkdir(parents=True, exist_ok=True)
-
-        # The tokenizer is made once (rank 0) and saved with the run; the other processes read it.
         tok_dir = self.run_dir / "tokenizer"
-        if tokenizer is None:
-            if self.dist.is_main:
-                build_tokenizer(cfg, self.data_dir).save_pretrained(str(tok_dir))
-            distributed.barrier()
-            from transformers import AutoTokenizer
+        if self.dist.is_main and not tok_dir.exists():  # the run folder loads on its own (load_run)
+            model.text.tokenizer.save_pretrained(str(tok_dir))
 
-            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-        elif self.dist.is_main:
-            tokenizer.save_pretrained(str(tok_dir))
-        self.tokenizer = tokenizer
-
-        seed_everything(cfg.train.seed)  # identical initial weights in every process
-        model = build_medst(cfg, tokenizer)
-        model.vision.group_bucket = cfg.train.group_bucket  # the Collator pads the laterals alike
+        t = cfg.train
+        model.vision.group_bucket = t.group_bucket  # the loader's Collator pads the laterals alike
         if self.dist.enabled:
             convert_batchnorm(model)
         self.model = model.to(self.device)
-        self.ddp = (DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda"
-                                            else None) if self.dist.enabled else self.model)
+        self.ddp = (
+            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.dist.enabled
+            else self.model
+        )
         # With group buckets every batch has one of a few shapes: compile each once, statically.
-        self.forward = (torch.compile(self.ddp, dynamic=False if cfg.train.group_bucket else None)
-                        if cfg.train.compile else self.ddp)
-
-        t = cfg.train
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, t.weight_decay), lr=t.lr, betas=(0.9, 0.999),
-                                           **({"fused": True} if fused else {}))
+        self.forward = torch.compile(self.ddp, dynamic=False if t.group_bucket else None) if t.compile else self.ddp
+        self.amp = AmpPolicy.from_config(cfg, self.device)
+        self.optimizer = optimizer_from_config(self.model, cfg, self.device)
         self.scheduler = get_cosine_schedule_with_warmup(self.optimizer, int(t.warmup_ratio * t.steps), t.steps)
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self._flushed_at = time.perf_counter()  # when the metrics were last read (see flush)
 
-        self.dataset, self.collate, self.batch_sampler = self._data()
+        if len(loader.batch_sampler) == 0:
+            where = getattr(loader.dataset, "root", "the loader")
+            raise ValueError(
+                f"{where}: the training split is too small for one batch of "
+                f"{t.sequences_per_batch} sequences and {t.singles_per_batch} singles per process"
+            )
         if resume:
             self._resume()
         elif self.dist.is_main:
             (self.run_dir / "config.json").write_text(cfg.to_json())
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        data_dir: str | Path,
+        run_dir: str | Path,
+        *,
+        device: str | torch.device = "auto",
+        resume: bool = False,
+        progress: bool = True,
+        tokenizer=None,
+    ) -> Trainer:
+        """A Trainer of the profile ``cfg`` on the training split of the prepared folder ``data_dir``.
+
+        The tokenizer (``tokenizer``, else :func:`~medst.models.build.build_tokenizer`, made by the main process)
+        is saved as ``run_dir/tokenizer`` and every process reads it from there; the model is built from
+        ``train.seed`` (identical initial weights in every process) and the loader from
+        :func:`~medst.data.dataset.loader_from_config` (this process's share of each global batch, laterals padded
+        to ``train.group_bucket``, pinned memory on GPUs).
+        """
+        dev, dist = _place(device)
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tok_dir = run_dir / "tokenizer"
+        if tokenizer is None:
+            if dist.is_main:
+                build_tokenizer(cfg, data_dir).save_pretrained(str(tok_dir))
+            distributed.barrier()
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+        elif dist.is_main:
+            tokenizer.save_pretrained(str(tok_dir))
+
+        seed_everything(cfg.train.seed)  # identical initial weights in every process
+        model = build_medst(cfg, tokenizer)
+        loader = loader_from_config(
+            cfg,
+            data_dir,
+            tokenizer,
+            split="train",
+            train=True,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            lateral_bucket=cfg.train.group_bucket,
+            pin_memory=dev.type == "cuda",
+        )
+        return cls(cfg, model, loader, run_dir, device=dev, resume=resume, progress=progress)
+
     # -- data ---------------------------------------------------------------------------------------
-    def _data(self):
-        from medst.data.dataset import Collator, SequenceBatchSampler, StudyDataset
-
-        c = self.cfg
-        dataset = StudyDataset(self.data_dir, split="train", image_size=c.data.image_size, train=c.data.augment,
-                               use_cache=c.data.use_cache)
-        sampler = SequenceBatchSampler(dataset, c.train.sequences_per_batch, c.train.singles_per_batch,
-                                       sequence_length=c.data.sequence_length, shuffle=True, seed=c.train.seed,
-                                       rank=self.dist.rank, world_size=self.dist.world_size)
-        if len(sampler) == 0:
-            raise ValueError(f"{self.data_dir}: the training split is too small for one batch of "
-                             f"{c.train.sequences_per_batch} sequences and {c.train.singles_per_batch} singles "
-                             f"per process")
-        collate = Collator(self.tokenizer, c.data.max_length, c.data.sequence_length,
-                           lateral_bucket=c.train.group_bucket)
-        return dataset, collate, sampler
-
     def _loader(self) -> DataLoader:
-        self.batch_sampler.set_epoch(self.epoch)
-        workers = self.cfg.data.num_workers
+        """This epoch's DataLoader: the handed loader's dataset, collate function and workers, its batch sampler
+        at this epoch from the current position (resuming mid-epoch), worker seeds drawn per epoch."""
+        sampler, workers = self.loader.batch_sampler, self.loader.num_workers
+        sampler.set_epoch(self.epoch)
         gen = torch.Generator().manual_seed(self.cfg.train.seed * 1000 + self.epoch)  # worker seeds per epoch
-        return DataLoader(self.dataset, batch_sampler=_SkipFirst(self.batch_sampler, self.batch_in_epoch),
-                          collate_fn=self.collate, num_workers=workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if workers else None, generator=gen)
+        return DataLoader(
+            self.loader.dataset,
+            batch_sampler=_SkipFirst(sampler, self.batch_in_epoch),
+            collate_fn=self.loader.collate_fn,
+            num_workers=workers,
+            pin_memory=self.loader.pin_memory,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+            generator=gen,
+        )
 
     def batches(self) -> Iterator:
         """Batches forever, epoch after epoch, tracking the position for checkpoints."""
@@ -166,9 +234,16 @@ class Trainer:
 
     # -- checkpoints --------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "step": self.step,
-                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "config": self.cfg.to_json()}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "config": self.cfg.to_json(),
+        }
 
     def save(self) -> None:
         if self.dist.is_main:
@@ -190,39 +265,38 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------------
     def _autocast(self):
-        if self.cfg.train.precision == "bf16" and self.device.type in ("cuda", "cpu"):
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        """The forward passes' mixed precision (:class:`~medst.train.step.AmpPolicy`)."""
+        return self.amp.autocast()
 
     def train_step(self, batches: Iterator) -> dict[str, Any]:
-        """One optimiser step over ``accumulation`` micro-batches.
+        """One optimiser step over ``accumulation`` micro-batches (:func:`~medst.train.step.train_step`).
 
         Nothing here waits for the device: the step's loss, terms and gradient norm stay on it, stacked in one
         detached tensor, and the host moves on to the next step. Returns ``{"values": tensor, "names": [...],
         "step", "epoch", "lr", "pairs"}``; :meth:`flush` reads the values of all pending steps at once.
         """
         t = self.cfg.train
-        self.model.train()
-        sums: dict[str, torch.Tensor] = {}
-        pairs = 0
-        for micro in range(t.accumulation):
-            batch = next(batches)
-            pairs += batch.size
-            sync = micro == t.accumulation - 1 or not self.dist.enabled
-            with (nullcontext() if sync else self.ddp.no_sync()), self._autocast():
-                out = self.forward(batch)
-            (out.loss / t.accumulation).backward()
-            for k, v in {"loss": out.loss.detach(), **out.terms}.items():
-                sums[k] = sums.get(k, 0) + v.float() / t.accumulation
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip or float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        result = train_step(
+            self.model,
+            batches,
+            self.optimizer,
+            scheduler=self.scheduler,
+            amp=self.amp,
+            clip=t.grad_clip,
+            accumulation=t.accumulation,
+            forward=self.forward,
+            no_sync=self.ddp.no_sync if self.dist.enabled else None,
+        )
         self.step += 1
-        names = sorted(sums) + ["grad_norm"]
-        values = torch.stack([sums[k] for k in names[:-1]] + [grad_norm.detach().float()])
-        return {"values": values, "names": names, "step": self.step, "epoch": self.epoch,
-                "lr": self.scheduler.get_last_lr()[0], "pairs": pairs * self.dist.world_size}
+        names, values = result.stacked()
+        return {
+            "values": values,
+            "names": names,
+            "step": self.step,
+            "epoch": self.epoch,
+            "lr": result.lr,
+            "pairs": result.pairs * self.dist.world_size,
+        }
 
     def flush(self, pending: list[dict[str, Any]]) -> list[dict[str, float]]:
         """The metric rows of the pending steps: the one point where the host waits for the device.
@@ -239,12 +313,20 @@ class Trainer:
         self._flushed_at = now
         rows = []
         for p, vals in zip(pending, values):
-            row = dict(zip(p["names"], vals), step=p["step"], epoch=p["epoch"], lr=p["lr"], seconds=seconds,
-                       pairs_per_s=p["pairs"] / max(seconds, 1e-9))
-            if not math.isfinite(row["loss"]):
-                terms = {k: round(v, 4) for k, v in row.items() if k in p["names"] and k not in ("loss", "grad_norm")}
-                raise NonFiniteLoss(f"step {row['step']}: the loss is {row['loss']} (terms: {terms}); stopping. "
-                                    f"The last good checkpoint is in {self.run_dir / 'checkpoints'}")
+            row = dict(
+                zip(p["names"], vals),
+                step=p["step"],
+                epoch=p["epoch"],
+                lr=p["lr"],
+                seconds=seconds,
+                pairs_per_s=p["pairs"] / max(seconds, 1e-9),
+            )
+            check_finite(
+                row["step"],
+                row["loss"],
+                {k: row[k] for k in p["names"] if k not in ("loss", "grad_norm")},
+                f"The last good checkpoint is in {self.run_dir / 'checkpoints'}",
+            )
             rows.append(row)
         return rows
 
@@ -312,10 +394,17 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def pretrain(cfg: Config, data_dir: str | Path, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
-             progress: bool = True) -> list[dict[str, float]]:
+def pretrain(
+    cfg: Config,
+    data_dir: str | Path,
+    run_dir: str | Path,
+    *,
+    device: str = "auto",
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict[str, float]]:
     """Pre-train Med-ST on a prepared folder into ``run_dir`` (see the module docstring). Returns metric rows."""
-    return Trainer(cfg, data_dir, run_dir, device=device, resume=resume, progress=progress).fit()
+    return Trainer.from_config(cfg, data_dir, run_dir, device=device, resume=resume, progress=progress).fit()
 
 
 def pretrain_main(args) -> None:
@@ -324,10 +413,9 @@ def pretrain_main(args) -> None:
     try:
         rows = pretrain(cfg, args.data, args.out, device=args.device, resume=args.resume)
     except NonFiniteLoss as err:
-        raise SystemExit(f"error: {err}")
+        raise SystemExit(f"error: {err}") from None
     if rows and (not distributed.is_enabled() or torch.distributed.get_rank() == 0):
         last = rows[-1]
-        print(json.dumps({"step": last["step"], "loss": round(last["loss"], 4),
-                          "run": str(Path(args.out).resolve())}))
+        print(json.dumps({"step": last["step"], "loss": round(last["loss"], 4), "run": str(Path(args.out).resolve())}))
     if distributed.is_enabled():
         torch.distributed.destroy_process_group()

@@ -4,8 +4,8 @@ The ``cpu`` book model needs more steps than a reader's laptop runs in a few min
 alignment leaves the plateau near 2 log B (``benchmarks/RESULTS.md``). So the run that chapter 7 would train is
 committed under ``book/models/book-{profile}/``: its ``model.safetensors``, ``config.json``, ``tokenizer/``,
 ``metrics.csv`` and last checkpoint, plus ``MANIFEST.json`` holding the exact command that produced it, the
-machine, and the sha256 of every file. :meth:`medst.chapter.Chapter.book_model` copies it into the chapter's run
-folder after checking every hash, and trains from scratch instead when asked (``retrain=True``), when the
+machine, and the sha256 of every file. :meth:`medst.book.chapter.Chapter.book_model` copies it into the chapter's
+run folder after checking every hash, and trains from scratch instead when asked (``retrain=True``), when the
 profile's configuration differs from the committed one, or when the repository's ``book/`` folder is not there
 (an installed package).
 
@@ -13,6 +13,7 @@ Write a manifest after a run with::
 
     python -m medst.train.shipped RUN book/models/book-cpu --command "medst pretrain ..."
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,8 @@ import shutil
 from pathlib import Path
 
 import torch
+
+from medst.train.checkpoint import latest_checkpoint
 
 MANIFEST = "MANIFEST.json"
 SHIPPED_DIR = Path(__file__).resolve().parents[2] / "book" / "models"
@@ -55,8 +58,6 @@ def _files(folder: Path) -> list[Path]:
 def package(run: Path, dest: Path, command: str, note: str = "") -> dict:
     """Copy what a reader needs from the finished ``run`` into ``dest`` (the last checkpoint included, so a
     resume works) and write ``dest/MANIFEST.json``: the command, the machine, and every file's sha256."""
-    from medst.train.checkpoint import latest_checkpoint
-
     run, dest = Path(run), Path(dest)
     if dest.exists():
         shutil.rmtree(dest)
@@ -73,10 +74,13 @@ def package(run: Path, dest: Path, command: str, note: str = "") -> dict:
     (dest / "checkpoints").mkdir()
     shutil.copy2(last, dest / "checkpoints" / last.name)
     (dest / "checkpoints" / "latest").write_text(last.name)
-    manifest = {"command": command, "note": note,
-                "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                "torch": torch.__version__,
-                "sha256": {str(p.relative_to(dest)): sha256(p) for p in _files(dest)}}
+    manifest = {
+        "command": command,
+        "note": note,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "sha256": {str(p.relative_to(dest)): sha256(p) for p in _files(dest)},
+    }
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -95,8 +99,11 @@ def verify(folder: Path) -> dict:
         elif sha256(path) != want:
             problems.append(f"{path}: sha256 differs from the manifest's {want[:12]}...")
     if problems:
-        raise ShippedModelError("the committed book model does not match its manifest:\n  " + "\n  ".join(problems)
-                                + f"\nRestore the folder from the repository, or retrain (the command is in {folder / MANIFEST}).")
+        raise ShippedModelError(
+            "the committed book model does not match its manifest:\n  "
+            + "\n  ".join(problems)
+            + f"\nRestore the folder from the repository, or retrain (the command is in {folder / MANIFEST})."
+        )
     return manifest
 
 

@@ -4,17 +4,19 @@ A chapter's ``parameters`` cell sets ``profile``, ``data_dir``, ``seed`` and ``d
 :func:`setup`. Everything a chapter produces lives under ``data_dir`` (the phantom, the prepared index, the
 tokenizer, runs), so chapters share nothing but files::
 
-    ctx = medst.chapter.setup(profile, data_dir, seed, device)
+    from medst.book import setup
+
+    ctx = setup(profile, data_dir, seed, device)
     loader = ctx.loader("train")
 
 The phantom and the prepared index are made on first use and reused afterwards (a stamp file records the
 arguments they were made with; other arguments make them again).
 """
+
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import sys
 import warnings
@@ -22,10 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from medst.config import Config, load_profile
+from medst.config import Config, load_profile, normalized
+from medst.data.dataset import loader_from_config
+from medst.data.mimic import prepare
+from medst.models.build import build_tokenizer
+from medst.phantom import synthesize
+from medst.train.loop import Trainer
+from medst.train.shipped import install, shipped_model
 from medst.utils import resolve_device, seed_everything  # noqa: F401  (re-exported for the chapters)
 
 STAMP = ".medst-complete.json"
@@ -50,11 +57,10 @@ def _finished_run(run: Path, cfg: Config) -> bool:
     config = run / "config.json"
     if not ((run / "model.safetensors").exists() and config.exists()):
         return False
-    try:  # through Config, so that keys added since the run was written count as their defaults
-        saved = Config.from_dict(json.loads(config.read_text()))
-    except (KeyError, TypeError, ValueError):
+    try:  # keys added since the run was written count as their defaults
+        return normalized(json.loads(config.read_text())) == json.loads(cfg.to_json())
+    except ValueError:
         return False
-    return json.loads(saved.to_json()) == json.loads(cfg.to_json())
 
 
 def _clear_run(run: Path) -> None:
@@ -82,8 +88,6 @@ class Chapter:
     @property
     def phantom_dir(self) -> Path:
         """The phantom of this profile (``medst synth``), generated on first use."""
-        from medst.data.phantom import synthesize
-
         folder = self.data_dir / f"phantom-{self.profile}"
         args = {"patients": self.cfg.data.patients, "image_size": self.cfg.data.phantom_size, "seed": self.seed}
         if not _stamped(folder, args):
@@ -100,12 +104,13 @@ class Chapter:
     @property
     def prepared_dir(self) -> Path:
         """The pre-training index (``medst prepare``) with its resized image cache, made on first use."""
-        from medst.data.mimic import prepare
-
         root = self.mimic_root
         folder = self.data_dir / f"prepared-{self.profile}"
-        args = {"mimic_root": str(root.resolve()), "cache_size": self.cfg.data.cache_size,
-                "sequence_length": self.cfg.data.sequence_length}
+        args = {
+            "mimic_root": str(root.resolve()),
+            "cache_size": self.cfg.data.cache_size,
+            "sequence_length": self.cfg.data.sequence_length,
+        }
         if not _stamped(folder, args):
             shutil.rmtree(folder, ignore_errors=True)
             prepare(root, folder, cache_size=args["cache_size"], sequence_length=args["sequence_length"])
@@ -118,8 +123,13 @@ class Chapter:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def variant_run(self, name: str, overrides: list[str] | tuple[str, ...] = (), max_steps: int | None = None,
-                    progress: bool = True) -> Path:
+    def variant_run(
+        self,
+        name: str,
+        overrides: list[str] | tuple[str, ...] = (),
+        max_steps: int | None = None,
+        progress: bool = True,
+    ) -> Path:
         """A run of the profile's configuration with ``overrides`` (and ``train.steps`` capped at ``max_steps``),
         in ``data_dir/runs/{name}-{profile}``: trained on first use, loaded afterwards.
 
@@ -128,16 +138,20 @@ class Chapter:
         scratch, with a progress bar. Chapters use it for the book model and for the short comparison runs
         they look inside (e.g. chapter 5's published weighting). Returns the run folder.
         """
-        from medst.train.loop import Trainer
-
         cfg = self.cfg.override(*overrides)
         if max_steps is not None and max_steps < cfg.train.steps:
             cfg = cfg.override(f"train.steps={max_steps}", f"train.checkpoint_every={max(1, max_steps // 10)}")
         run = self.run_dir(name)
         if not _finished_run(run, cfg):
             _clear_run(run)
-            Trainer(cfg, self.prepared_dir, run, device=str(self.device), tokenizer=self.build_tokenizer(),
-                    progress=progress).fit()
+            Trainer.from_config(
+                cfg,
+                self.prepared_dir,
+                run,
+                device=str(self.device),
+                tokenizer=self.build_tokenizer(),
+                progress=progress,
+            ).fit()
         return run
 
     def book_model(self, progress: bool = True, retrain: bool = False) -> Path:
@@ -148,8 +162,6 @@ class Chapter:
         sha256 checks, provided it was trained with exactly this configuration on the same reports (the same
         tokenizer); otherwise, or with ``retrain=True``, it is trained here (:meth:`variant_run`).
         """
-        from medst.train.shipped import install, shipped_model
-
         run = self.run_dir("book")
         if retrain:
             _clear_run(run)
@@ -159,11 +171,14 @@ class Chapter:
                 if self._same_tokenizer(shipped / "tokenizer"):
                     _clear_run(run)
                     install(shipped, run)
-                    print(f"book model: the committed run {shipped.name} (sha256 checked), "
-                          "not trained here; book_model(retrain=True) trains it")
+                    print(
+                        f"book model: the committed run {shipped.name} (sha256 checked), "
+                        "not trained here; book_model(retrain=True) trains it"
+                    )
                 else:
-                    print(f"book model: {shipped} was trained on other reports (its tokenizer differs); "
-                          "training it here")
+                    print(
+                        f"book model: {shipped} was trained on other reports (its tokenizer differs); training it here"
+                    )
         return self.variant_run("book", progress=progress)
 
     def _same_tokenizer(self, folder: Path) -> bool:
@@ -175,27 +190,26 @@ class Chapter:
     def build_tokenizer(self):
         """The profile's tokenizer (trained on the training reports for the ``tiny`` text tower)."""
         if self._tokenizer is None:
-            from medst.models.build import build_tokenizer
-
             self._tokenizer = build_tokenizer(self.cfg, self.prepared_dir)
         return self._tokenizer
 
     def loader(self, split: str = "train", *, train: bool | None = None, **overrides):
-        """A DataLoader of typed batches (S sequences of L studies, then singles) for ``split``."""
-        from medst.data.dataset import make_loader
-
-        cfg = self.cfg
-        train = split == "train" if train is None else train
-        kwargs = dict(split=split, image_size=cfg.data.image_size, sequences_per_batch=cfg.train.sequences_per_batch,
-                      singles_per_batch=cfg.train.singles_per_batch, train=train, num_workers=cfg.data.num_workers,
-                      seed=self.seed, max_length=cfg.data.max_length, sequence_length=cfg.data.sequence_length,
-                      pin_memory=self.device.type == "cuda")
+        """A DataLoader of typed batches (S sequences of L studies, then singles) for ``split``: the profile's
+        (:func:`~medst.data.dataset.loader_from_config`) with this chapter's seed; ``overrides`` as there."""
+        kwargs = dict(seed=self.seed, pin_memory=self.device.type == "cuda")
         kwargs.update(overrides)
-        return make_loader(self.prepared_dir, self.build_tokenizer(), **kwargs)
+        return loader_from_config(
+            self.cfg, self.prepared_dir, self.build_tokenizer(), split=split, train=train, **kwargs
+        )
 
 
-def setup(profile: str = "cpu", data_dir: str | os.PathLike = "_data", seed: int = 0,
-          device: str = "auto", overrides: list[str] | tuple[str, ...] = ()) -> Chapter:
+def setup(
+    profile: str = "cpu",
+    data_dir: str | os.PathLike = "_data",
+    seed: int = 0,
+    device: str = "auto",
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Chapter:
     """Resolve a chapter's parameters into a :class:`Chapter` (config, folders, device) and seed everything."""
     cfg = load_profile(profile, list(overrides))
     cfg.train.seed = seed

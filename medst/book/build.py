@@ -1,5 +1,7 @@
 """Build the book: execute every chapter with papermill, then render the executed copies.
 
+The command line is ``python -m medst.book`` (:mod:`medst.book.__main__` calls :func:`main`).
+
 ``python -m medst.book execute --profile ci --out _build/executed`` runs each notebook listed in ``_toc.yml``
 top to bottom with its ``parameters`` cell overridden (``profile``, ``data_dir``, ``seed``, ``device``);
 ``python -m medst.book html --executed _build/executed --out _build`` renders what papermill ran with
@@ -10,6 +12,7 @@ PyPI package ``django-static-mathjax`` (a plain copy of MathJax 3, Apache-2.0) i
 shows its equations offline; ``MEDST_MATHJAX=local`` requires that copy, ``MEDST_MATHJAX=cdn`` keeps the CDN
 address of ``_config.yml``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository: medst/book/build.py -> ../../..
 
 
 def toc_entries(root: Path = ROOT) -> list[str]:
@@ -70,8 +73,17 @@ class ChapterError(RuntimeError):
         return f"{self.chapter}: cell {self.cell} failed: {self.error}"
 
 
-def run_chapter(notebook: Path, output: Path, *, profile: str = "cpu", data_dir: str | Path = "_data",
-                seed: int = 0, device: str = "auto", cwd: Path | None = None, timeout: int | None = None) -> float:
+def run_chapter(
+    notebook: Path,
+    output: Path,
+    *,
+    profile: str = "cpu",
+    data_dir: str | Path = "_data",
+    seed: int = 0,
+    device: str = "auto",
+    cwd: Path | None = None,
+    timeout: int | None = None,
+) -> float:
     """Execute one chapter with papermill; returns seconds taken, raises :class:`ChapterError` on a cell error."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -80,11 +92,19 @@ def run_chapter(notebook: Path, output: Path, *, profile: str = "cpu", data_dir:
     params = dict(profile=profile, data_dir=str(Path(data_dir).resolve()), seed=seed, device=device)
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(notebook), str(output), parameters=params, kernel_name="python3",
-                            cwd=str(cwd or notebook.parent), progress_bar=False, execution_timeout=timeout)
+        pm.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=params,
+            kernel_name="python3",
+            cwd=str(cwd or notebook.parent),
+            progress_bar=False,
+            execution_timeout=timeout,
+        )
     except PapermillExecutionError as err:
-        raise ChapterError(notebook.name, f"{err.cell_index} (In [{err.exec_count}])",
-                           f"{err.ename}: {err.evalue}") from None
+        raise ChapterError(
+            notebook.name, f"{err.cell_index} (In [{err.exec_count}])", f"{err.ename}: {err.evalue}"
+        ) from None
     return time.perf_counter() - start
 
 
@@ -118,8 +138,9 @@ def execute(profile: str, out: Path, data_dir: Path | None = None, only: list[st
         times[notebook.stem] = round(seconds, 1)
         print(f"  done in {seconds:.1f} s", flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"times-{profile}.json").write_text(json.dumps({"profile": profile, "seconds": times,
-                                                           "total": round(sum(times.values()), 1)}, indent=2))
+    (out / f"times-{profile}.json").write_text(
+        json.dumps({"profile": profile, "seconds": times, "total": round(sum(times.values()), 1)}, indent=2)
+    )
     return times
 
 
@@ -166,8 +187,10 @@ def stage_mathjax(stage: Path, mode: str | None = None) -> bool:
     source = None if mode == "cdn" else mathjax_source()
     if source is None:
         if mode == "local":
-            raise FileNotFoundError(f"{MATHJAX_ENV}=local but no local MathJax 3 was found: "
-                                    "pip install django-static-mathjax (it ships MathJax 3 under mathjax/static)")
+            raise FileNotFoundError(
+                f"{MATHJAX_ENV}=local but no local MathJax 3 was found: "
+                "pip install django-static-mathjax (it ships MathJax 3 under mathjax/static)"
+            )
         return False
     target = stage / "_mathjax" / "mathjax"
     for part in MATHJAX_PARTS:
@@ -199,7 +222,9 @@ def html(executed: Path, out: Path) -> Path:
         rel = notebook.relative_to(ROOT)
         executed_nb = executed / rel
         if not executed_nb.exists():
-            raise FileNotFoundError(f"{executed_nb} is missing: run `make execute` (python -m medst.book execute) first")
+            raise FileNotFoundError(
+                f"{executed_nb} is missing: run `make execute` (python -m medst.book execute) first"
+            )
         stage_notebook(executed_nb, stage / rel)
     if stage_mathjax(stage):
         print("MathJax 3 served from _static/mathjax (local copy)", flush=True)
@@ -218,8 +243,9 @@ def html(executed: Path, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m medst.book", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m medst.book", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("execute", help="execute every chapter with papermill")
     p.add_argument("--profile", default="cpu", choices=["ci", "cpu", "gpu"])
@@ -237,7 +263,3 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"error: {err}")
     else:
         html(args.executed, args.out)
-
-
-if __name__ == "__main__":
-    main()
