@@ -179,10 +179,11 @@ The check compares your function with `medst.models.text.merge_word_pieces` on r
 on edge cases (empty and truncated reports, a `##` piece first, no `attention_mask`).
 """
 
+CHAPTER = "02_encoders"
 EXERCISES = [
     Exercise(
         key="word-merge",
-        chapter="02_encoders",
+        chapter=CHAPTER,
         number="2.1",
         title="merge word pieces into words",
         function="merge_words",

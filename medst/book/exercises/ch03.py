@@ -91,10 +91,11 @@ each cross-entropy averaged over the batch, the two directions **added**. The ch
 and gradients with `medst.losses.contrastive.global_alignment_loss`, including a batch of one pair.
 """
 
+CHAPTER = "03_global_alignment"
 EXERCISES = [
     Exercise(
         key="global-loss",
-        chapter="03_global_alignment",
+        chapter=CHAPTER,
         number="3.1",
         title="the image-report InfoNCE",
         function="global_loss",

@@ -86,6 +86,7 @@ def check_move_block(fn: Callable) -> CheckResult:
                 "move_block",
                 [c for c, _, _ in items],
                 reference,
+                forbidden=(MoVE,),
                 hint="x = x + drop_path1(ls1(attn(norm1(x)))) over ALL tokens (one shared attention); then the first "
                 "n_frontal tokens go through block.norm2/mlp/ls2, the rest through lateral_expert, and the "
                 "concatenated outputs are added to x.",
@@ -117,10 +118,11 @@ With no lateral tokens (`n_frontal == S`) your block must be exactly the plain t
 compares with `MoVE.joint_block` on a tiny MoVE with layer scale.
 """
 
+CHAPTER = "04_move"
 EXERCISES = [
     Exercise(
         key="move-block",
-        chapter="04_move",
+        chapter=CHAPTER,
         number="4.1",
         title="one Mixture-of-View-Experts block",
         function="move_block",

@@ -77,6 +77,7 @@ def check_local_word_side(fn: Callable) -> CheckResult:
             "word_side_loss",
             _local_cases(),
             reference,
+            forbidden=(LocalAlignment,),
             hint="a = softmax(words @ patches^T / τ) over patches; c = normalise(a @ patches); "
             "e = normalise(words * c); ω = weights of weighting(query=mean_i e_i, key=value=e); m = words @ c^T / τ; "
             "the loss is the mean over the batch of Σ_i ω_i CE(m_i,:, i) and of Σ_i ω_i CE(m_:,i, i), averaged.",
@@ -118,10 +119,11 @@ modality-weighted local alignment for one batch without padding: `words` `[B, W,
 The check compares values and gradients with `LocalAlignment(...).loss_word`.
 """
 
+CHAPTER = "05_local_alignment"
 EXERCISES = [
     Exercise(
         key="local-word-side",
-        chapter="05_local_alignment",
+        chapter=CHAPTER,
         number="5.1",
         title="the word side of the local alignment",
         function="word_side_loss",

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from medst.book.exercises.framework import Case, Check, CheckResult, Exercise, argument_ignored, randn, run_check
-from medst.losses.temporal import fmc_loss, rmr_loss
+from medst.losses.temporal import fmc_loss, rmr_details, rmr_loss
 
 
 def _sequence_case(seed: int, seqs: int, steps: int, dim: int, scale: float, close: bool, **kwargs: float) -> Case:
@@ -103,6 +103,7 @@ def check_fmc(fn: Callable) -> CheckResult:
             "fmc",
             _fmc_cases(),
             reference,
+            forbidden=(fmc_loss,),
             hint="logits_tk = -||a_t - b_k||^2 / T for every pair of steps of one sequence ([S, L, L]); the class of "
             "row t is t; L_FMC is the cross-entropy averaged over steps and sequences.",
             mistakes=[
@@ -154,6 +155,7 @@ def check_rmr(fn: Callable) -> CheckResult:
             "rmr",
             _rmr_cases(),
             reference,
+            forbidden=(rmr_loss, rmr_details),
             hint="β = softmax_k(-||a_t - b_k||^2 / T); ṽ = β @ b; α = softmax_k(-||ṽ_t - a_k||^2 / T); τ_k = k / L; "
             "μ = α @ τ; σ² = Σ_k α_tk (τ_k - μ_t)^2; loss_t = (τ_t - μ_t)^2 / (σ²_t + 1e-7) + λ log(σ²_t + 1e-7), "
             "averaged over steps and sequences.",
@@ -199,10 +201,11 @@ averaged over steps and sequences. (The Huber branch of the paper never fires: $
 The check compares values and gradients with `medst.losses.temporal.rmr_loss`.
 """
 
+CHAPTER = "06_temporal"
 EXERCISES = [
     Exercise(
         key="fmc",
-        chapter="06_temporal",
+        chapter=CHAPTER,
         number="6.1",
         title="forward mapping classification",
         function="fmc",
@@ -212,7 +215,7 @@ EXERCISES = [
     ),
     Exercise(
         key="rmr",
-        chapter="06_temporal",
+        chapter=CHAPTER,
         number="6.2",
         title="reverse mapping regression",
         function="rmr",

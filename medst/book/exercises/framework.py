@@ -16,10 +16,13 @@ source is the notebook's solution cell and from which the student's stub is made
 
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
+import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from medst.book.stubs import stub_from_solution
 
 ATOL, RTOL = 1e-5, 1e-4  # values (float32 inputs)
 GRAD_ATOL, GRAD_RTOL = 1e-4, 1e-3  # gradients
+LEVELS = {"easy": 1, "medium": 2, "hard": 3}  # an exercise's level -> its points in a grade
 SOLUTIONS = Path(__file__).resolve().parent / "solutions"  # one module per exercise: the solution cell's source
 
 
@@ -92,6 +96,9 @@ class Check:
     hint: str
     mistakes: Sequence[tuple[str, Callable[..., Any]]] = ()
     outputs: tuple[str, ...] = ()  # names of the entries of a tuple result, for the messages
+    # the library's implementations the reader is writing: functions, methods or classes (all their methods).
+    # The reader's function may neither be one of them (an alias) nor call one (checked while it runs).
+    forbidden: Sequence[Any] = ()
 
     @property
     def name(self) -> str:
@@ -194,6 +201,90 @@ def _which_mistake(check: Check, case: Case, got: Any, expected: Any) -> str | N
     return None
 
 
+def _unwrap(fn: Any) -> Any:
+    """The function under ``functools.partial``, ``functools.wraps`` and bound methods."""
+    for _ in range(10):
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif hasattr(fn, "__wrapped__"):
+            fn = fn.__wrapped__
+        elif inspect.ismethod(fn):
+            fn = fn.__func__
+        else:
+            break
+    return fn
+
+
+def _forbidden_code(items: Sequence[Any]) -> dict[Any, str]:
+    """Code object -> qualified name, for every function, method, or method of a class in ``items``."""
+    codes: dict[Any, str] = {}
+    for item in items:
+        item = _unwrap(item)
+        members = vars(item).values() if inspect.isclass(item) else (item,)
+        for member in members:
+            member = _unwrap(member.__func__ if isinstance(member, (staticmethod, classmethod)) else member)
+            code = getattr(member, "__code__", None)
+            if code is not None:
+                codes[code] = f"{member.__module__}.{member.__qualname__}"
+    return codes
+
+
+def _library_function(fn: Any) -> str | None:
+    """The dotted name of ``fn`` when it is medst's own code (not an exercise solution), else None."""
+    fn = _unwrap(fn)
+    module = getattr(fn, "__module__", None) or ""
+    if not (module == "medst" or module.startswith("medst.")) or module.startswith(f"{__package__}.solutions"):
+        return None
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+@contextmanager
+def _watching(codes: dict[Any, str], called: list[str]) -> Iterator[None]:
+    """While active, append to ``called`` the names of the forbidden functions that get called (any depth, any
+    alias: the check is on the code object that runs)."""
+    if not codes:
+        yield
+        return
+
+    def profile(frame, event, arg):  # noqa: ARG001
+        if event == "call" and frame.f_code in codes and codes[frame.f_code] not in called:
+            called.append(codes[frame.f_code])
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+
+
+def _refuse_calls(check: Check, called: list[str]) -> None:
+    """Raise :class:`ExerciseError`: the reader's function called the library's implementation(s) ``called``."""
+    raise ExerciseError(
+        f"{check.name}: `{check.function}` calls the library's {', '.join(f'`{c}`' for c in called)}.\n"
+        + _wrap(
+            f"hint: write `{check.function}` with torch operations instead; the check compares your "
+            "version with that very function, so calling it proves nothing."
+        )
+    )
+
+
+def _refuse_library(check: Check, fn: Any) -> None:
+    """Raise :class:`ExerciseError` when ``fn`` is the library's implementation itself (or another medst
+    function) rather than the reader's own code."""
+    name = _library_function(fn)
+    if name is None:
+        name = _forbidden_code(check.forbidden).get(getattr(_unwrap(fn), "__code__", None))
+    if name is not None:
+        raise ExerciseError(
+            f"{check.name}: `{check.function}` is the library's `{name}`, not your own code.\n"
+            + _wrap(
+                f"hint: write `{check.function}` yourself with torch operations; the point of the exercise is "
+                "to build what medst does, and the check compares your version with medst's."
+            )
+        )
+
+
 def run_check(check: Check, fn: Any) -> CheckResult:
     """Grade ``fn`` on every case of ``check``; passed if all cases pass, not passed if it is still a stub.
 
@@ -205,9 +296,14 @@ def run_check(check: Check, fn: Any) -> CheckResult:
             f"{check.name}: pass the function itself (e.g. `{check.function}`, without calling "
             f"it), not a {type(fn).__name__}: {fn!r:.60}"
         )
+    _refuse_library(check, fn)
+    library_reference = (check.reference,) if _library_function(check.reference) else ()
+    codes = _forbidden_code([*check.forbidden, *library_reference])
     for case in check.cases:
+        called: list[str] = []
         try:
-            got, args = _call(fn, case)
+            with _watching(codes, called):
+                got, args = _call(fn, case)
         except NotImplementedError:
             message = (
                 f"{check.name}: not implemented yet.\n  Replace `raise NotImplementedError` in "
@@ -216,10 +312,14 @@ def run_check(check: Check, fn: Any) -> CheckResult:
             print(message)
             return CheckResult(False, message)
         except Exception as err:
+            if called:
+                _refuse_calls(check, called)
             raise ExerciseError(
                 f"{check.name}: your function raised {type(err).__name__}: {err}\n"
                 f"{_wrap('input: ' + case.label)}\n{_wrap('hint: ' + check.hint)}"
             ) from err
+        if called:
+            _refuse_calls(check, called)
         expected_out, expected_args = _call(check.reference, case)
         problem = _mismatch(expected_out, got, names=check.outputs)
         if problem is None and case.grad:
@@ -315,11 +415,21 @@ class Exercise:
     prompt: str  # the exercise text in markdown, below its heading
     solution: str  # module name under solutions/, e.g. "ch06_fmc"
     checker: Callable[[Callable], CheckResult]  # check_... of the chapter's module
+    level: str = "medium"  # "easy", "medium" or "hard": shown in the heading; the grade's points (1, 2, 3)
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ValueError(f"exercise {self.key}: level must be one of {list(LEVELS)}, got {self.level!r}")
+
+    @property
+    def points(self) -> int:
+        return LEVELS[self.level]
 
     @property
     def prompt_md(self) -> str:
         """The markdown cell: a heading with the number and title, then the text."""
-        return f"### Exercise {self.number}: {self.title}\n\n" + textwrap.dedent(self.prompt).strip() + "\n"
+        heading = f"### Exercise {self.number} ({self.level}): {self.title}"
+        return heading + "\n\n" + textwrap.dedent(self.prompt).strip() + "\n"
 
     @property
     def solution_path(self) -> Path:

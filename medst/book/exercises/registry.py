@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medst.book.exercises import ch02, ch03, ch04, ch05, ch06
+from medst.book.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09
 from medst.book.exercises.framework import Exercise
 
 # notebook stem -> its exercises, in the order the chapter ends with them
+CHAPTERS = (ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09)  # one module per chapter: CHAPTER, EXERCISES
 EXERCISES: dict[str, list[Exercise]] = {
-    module.EXERCISES[0].chapter: list(module.EXERCISES) for module in (ch02, ch03, ch04, ch05, ch06)
+    module.CHAPTER: list(module.EXERCISES) for module in CHAPTERS if module.EXERCISES
 }
 
 
