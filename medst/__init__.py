@@ -15,7 +15,7 @@ Layers (a module imports only from its own layer or a lower one; no import cycle
 0. ``medst.utils``, ``medst.config``, ``medst.checks``
 1. ``medst.data``, ``medst.phantom``
 2. ``medst.losses``
-3. ``medst.models``
+3. ``medst.models``, ``medst.neighbours`` (MPMA, chapter 10)
 4. ``medst.train``
 5. ``medst.eval``
 6. ``medst.ablation``, ``medst.convert``, ``medst.book`` (a chapter's setup, the book's build, the students'

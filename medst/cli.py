@@ -1,4 +1,4 @@
-"""The ``medst`` command line: ``synth``, ``prepare``, ``pretrain``, ``evaluate``, ``bench``, ``convert``.
+"""The ``medst`` command line: ``synth``, ``prepare``, ``pretrain``, ``evaluate``, ``bench``, ``convert``, ``grade``.
 
 Each subcommand is a thin layer over a library function, so everything the command line does can also be
 done from a notebook.
@@ -11,15 +11,15 @@ import json
 import sys
 from pathlib import Path
 
-from medst.convert import convert_main
-from medst.data.mimic import prepare
-from medst.eval.run import evaluate_main
-from medst.phantom import synthesize
-from medst.train.bench import bench_main
-from medst.train.loop import pretrain_main
+from medst.config import DEFAULT_GRADE_TIMEOUT
+
+# Each subcommand imports its module when it runs: `medst --help` and `medst synth` then start in a fraction of a
+# second instead of waiting for torch, timm and transformers.
 
 
 def _synth(args: argparse.Namespace) -> None:
+    from medst.phantom import synthesize
+
     summary = synthesize(
         args.out,
         n_patients=args.patients,
@@ -27,11 +27,14 @@ def _synth(args: argparse.Namespace) -> None:
         seed=args.seed,
         workers=args.workers,
         progress=not args.quiet,
+        ct_fraction=args.ct_fraction,
     )
     print(json.dumps(summary, indent=2, sort_keys=True, default=str))
 
 
 def _prepare(args: argparse.Namespace) -> None:
+    from medst.data.mimic import prepare
+
     summary = prepare(
         args.mimic_root,
         args.out,
@@ -46,25 +49,76 @@ def _prepare(args: argparse.Namespace) -> None:
 
 
 def _pretrain(args: argparse.Namespace) -> None:
+    from medst.train.loop import pretrain_main
+
     pretrain_main(args)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from medst.eval.run import evaluate_main
+
     evaluate_main(args)
 
 
 def _bench(args: argparse.Namespace) -> None:
+    from medst.train.bench import bench_main
+
     bench_main(args)
 
 
 def _convert(args: argparse.Namespace) -> None:
+    from medst.convert import convert_main
+
     convert_main(args)
+
+
+def _grade(args: argparse.Namespace) -> None:
+    from medst.book.grade import grade_main
+
+    grade_main(args)
+
+
+def _grade_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of ``medst grade``."""
+    p.add_argument("notebook", nargs="?", type=Path, help="one student's notebook (or use --class)")
+    p.add_argument(
+        "--class",
+        dest="folder",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="grade every *.ipynb under DIR, one student per notebook (name: its path under DIR)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("grades.csv"),
+        help="with --class: the CSV to write, one row per notebook (default: grades.csv)",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_GRADE_TIMEOUT,
+        metavar="S",
+        help=f"seconds of wall clock per notebook before it is killed (default {DEFAULT_GRADE_TIMEOUT})",
+    )
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="with --class: notebooks run at a time (default 1)")
+    p.add_argument("--profile", default="ci", help="the chapters' profile: ci (default), cpu or gpu")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a chapter data folder (its data_dir, e.g. from a ci run of the book) copied for each notebook; "
+        "default: each notebook makes its data in its own temporary folder",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medst", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="{synth,prepare,pretrain,evaluate,bench,convert}"
+        dest="command", required=True, metavar="{synth,prepare,pretrain,evaluate,bench,convert,grade}"
     )
 
     p = sub.add_parser(
@@ -79,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed gives byte-identical files")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--ct-fraction",
+        type=float,
+        default=0.0,
+        help="fraction of patients that also get a CT volume (NIfTI) of one study, with its finding slices "
+        "(default 0: none)",
+    )
     p.set_defaults(func=_synth)
 
     p = sub.add_parser(
@@ -203,6 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="change the inferred config, e.g. --set model.text.num_heads=12 (repeatable)",
     )
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser(
+        "grade",
+        help="run students' notebooks and grade their exercises",
+        description="Execute a student's chapter notebook (each in a child process with its own kernel, in a "
+        "temporary folder, killed after --timeout) and grade each exercise from its checker: passed, failed, "
+        "not done (the stub), error or not run, with its points (easy 1, medium 2, hard 3) and the checker's "
+        "feedback. --class DIR grades every *.ipynb under DIR, one student per notebook, into a CSV.",
+        epilog="examples: medst grade alice.ipynb | medst grade alice.ipynb --json | "
+        "medst grade --class submissions/ --out grades.csv --jobs 2 --timeout 300",
+    )
+    _grade_arguments(p)
+    p.set_defaults(func=_grade)
     return parser
 
 

@@ -21,6 +21,9 @@ PROFILE_DIR = Path(__file__).with_name("profiles")
 PROFILES = ("ci", "cpu", "gpu")
 
 
+DEFAULT_GRADE_TIMEOUT = 600  # `medst grade`: seconds of wall clock per notebook (a ci chapter: about a minute)
+
+
 @dataclass
 class DataConfig:
     patients: int = 2000  # phantom patients (``medst synth --patients``)
@@ -72,11 +75,32 @@ class TextConfig:
 
 
 @dataclass
+class MPMAConfig:
+    """MPMA, the neighbour of chapter 10 (``model.method: mpma``; :mod:`medst.neighbours.mpma`).
+
+    The alignment terms reuse ``loss.global_*`` and ``loss.local_*``; ``loss.temporal_*`` is not used."""
+
+    image_mask_ratio: float = 0.75  # share of image patches removed before the encoder (MAE's 75 %)
+    text_mask_ratio: float = 0.15  # share of a report's ordinary tokens replaced by [MASK] (BERT's 15 %)
+    memory_slots: int = 16  # learned key/value slots of the memory-augmented cross-attention (MA-CMF)
+    fusion_layers: int = 1  # MA-CMF layers (each: self-attention, memory-augmented cross-attention, MLP per stream)
+    fusion_heads: int = 4  # attention heads of the fusion and of the pixel decoder
+    fusion_dim: int | None = None  # width of the fusion; None: the text tower's width
+    decoder_layers: int = 1  # transformer blocks of the light pixel decoder
+    decoder_dim: int | None = None  # width of the pixel decoder; None: the fusion width
+    norm_pix_loss: bool = True  # reconstruct per-patch normalised pixels (MAE)
+    mim_weight: float = 1.0  # weight of the masked image reconstruction (pixel MSE on masked patches)
+    mlm_weight: float = 1.0  # weight of the masked language modelling (cross-entropy on masked tokens)
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     embed_dim: int = 128  # d: size of the joint embedding space
     head_hidden: int = 2048  # hidden width of the projection heads
+    method: str = "medst"  # "medst" (the book's model) or "mpma" (the neighbour of chapter 10)
+    mpma: MPMAConfig = field(default_factory=MPMAConfig)  # used when method is "mpma"
 
 
 @dataclass
@@ -180,6 +204,7 @@ _SECTIONS = {
     (Config, "train"): TrainConfig,
     (ModelConfig, "vision"): VisionConfig,
     (ModelConfig, "text"): TextConfig,
+    (ModelConfig, "mpma"): MPMAConfig,
 }
 
 

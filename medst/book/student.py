@@ -10,13 +10,21 @@ text pages as they are) and rewrites each notebook:
   become ``exercise``;
 * every output and execution count is cleared, so no solution leaks through what it printed;
 * the ``check`` cells stay: a checker reports a stub as "not implemented yet" instead of failing, so the
-  students' notebook runs top to bottom before any exercise is done.
+  students' notebook runs top to bottom before any exercise is done;
+* nbgrader's cell metadata (``metadata.nbgrader``, written by the exercises) is kept, and the cells it locks
+  (prompts, checks) are made read-only and undeletable, as ``nbgrader generate_assignment`` would make them.
+
+With ``--nbgrader``, each stub's ``raise NotImplementedError(...)`` line is put between nbgrader's
+``### BEGIN SOLUTION`` and ``### END SOLUTION`` markers: the edition can then be nbgrader's source version, and
+``nbgrader generate_assignment`` keeps the stubs' imports, signatures and docstrings (without markers it would
+replace each solution cell as a whole). ``medst grade`` grades the students' notebooks without nbgrader.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -25,24 +33,50 @@ import nbformat
 
 from medst.book.stubs import stub_from_solution
 
-__all__ = ["stub_from_solution", "student_notebook", "write_student_edition", "main"]
+__all__ = ["stub_from_solution", "nbgrader_markers", "student_notebook", "write_student_edition", "main"]
 
 SOLUTION_TAG, STUDENT_TAG = "solution", "exercise"
 HIDING_TAGS = {"hide-input", "hide-cell", "remove-input", "remove-cell"}
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"  # nbgrader's solution region
+_STUB_RAISE = re.compile(r"^(\s*)raise NotImplementedError\(.*\)\s*$")
 
 
 def _tags(cell) -> list[str]:
     return list(cell.get("metadata", {}).get("tags", []))
 
 
-def student_notebook(nb, *, name: str = "notebook"):
+def nbgrader_markers(stub: str) -> str:
+    """``stub`` with each ``raise NotImplementedError(...)`` line between nbgrader's solution markers."""
+    lines = []
+    for line in stub.splitlines():
+        match = _STUB_RAISE.match(line)
+        if match:
+            indent = match.group(1)
+            lines += [indent + BEGIN_SOLUTION, line, indent + END_SOLUTION]
+        else:
+            lines.append(line)
+    return "\n".join(lines) + ("\n" if stub.endswith("\n") else "")
+
+
+def _lock(cell) -> None:
+    """Make a cell that nbgrader's metadata locks read-only and undeletable (nbgrader's LockCells does the same)."""
+    grader = cell.get("metadata", {}).get("nbgrader")
+    if isinstance(grader, dict) and grader.get("locked"):
+        cell.metadata["editable"] = False
+        cell.metadata["deletable"] = False
+
+
+def student_notebook(nb, *, name: str = "notebook", nbgrader: bool = False):
     """A copy of notebook ``nb`` with each ``solution`` cell replaced by its stub and all outputs cleared.
 
+    Cells locked by their nbgrader metadata become read-only; with ``nbgrader``, the stubs' bodies are marked as
+    nbgrader's solution regions (:func:`nbgrader_markers`).
     Returns (the new notebook, the number of stubbed cells).
     """
     nb = copy.deepcopy(nb)
     stubbed = 0
     for index, cell in enumerate(nb.cells):
+        _lock(cell)
         if cell.cell_type != "code":
             continue
         cell.outputs = []
@@ -56,15 +90,16 @@ def student_notebook(nb, *, name: str = "notebook"):
         stub = medst_meta.pop("stub", None)
         if stub is None:
             stub = stub_from_solution(cell.source, where=f"{name}, cell {index}")
-        cell.source = stub.rstrip("\n")
+        cell.source = (nbgrader_markers(stub) if nbgrader else stub).rstrip("\n")
         cell.metadata["tags"] = [t for t in tags if t != SOLUTION_TAG and t not in HIDING_TAGS] + [STUDENT_TAG]
         stubbed += 1
     nb.metadata.pop("papermill", None)
     return nb, stubbed
 
 
-def write_student_edition(src: Path, out: Path) -> dict[Path, int]:
-    """Copy ``src`` to ``out`` with every notebook made into its students' version.
+def write_student_edition(src: Path, out: Path, *, nbgrader: bool = False) -> dict[Path, int]:
+    """Copy ``src`` to ``out`` with every notebook made into its students' version (``nbgrader``: the stubs
+    marked as nbgrader's solution regions, :func:`student_notebook`).
 
     Returns {notebook path in ``out``: number of stubbed cells}.
     """
@@ -83,7 +118,7 @@ def write_student_edition(src: Path, out: Path) -> dict[Path, int]:
             nb = nbformat.read(path, as_version=4)
         except Exception as err:  # nbformat raises several kinds on a broken file
             raise ValueError(f"medst/book/student.py: cannot read notebook {path}: {err}") from err
-        student, stubbed = student_notebook(nb, name=str(path))
+        student, stubbed = student_notebook(nb, name=str(path), nbgrader=nbgrader)
         target = out / path.relative_to(src)
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(student, target)
@@ -97,9 +132,14 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--src", type=Path, default=Path("book"), help="the book's folder (default: book)")
     parser.add_argument("--out", type=Path, default=Path("student"), help="where to write (default: student)")
+    parser.add_argument(
+        "--nbgrader",
+        action="store_true",
+        help="mark each stub's body as nbgrader's solution region (for nbgrader generate_assignment)",
+    )
     args = parser.parse_args(argv)
     try:
-        written = write_student_edition(args.src, args.out)
+        written = write_student_edition(args.src, args.out, nbgrader=args.nbgrader)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f"error: {err}")
     for path, stubbed in written.items():

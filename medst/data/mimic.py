@@ -10,7 +10,8 @@ Output (``out_dir``)::
                      (:func:`sliding_windows`)
     images_{S}.npy   uint8 [n_images, S, S] resize-and-pad cache, one row per image studies.csv uses
                      (its frontal_cache / lateral_cache columns); not written when cache_size is 0/None
-    skipped.csv      every image, study and patient left out, with the reason
+    ct_volumes.csv   one row per usable CT volume when MIMIC_ROOT has a ct/ folder (:mod:`medst.data.ct`)
+    skipped.csv      every image, study, patient and CT volume left out, with the reason
     summary.json     the counts of :class:`PrepareSummary`
     prepare.json     the arguments (absolute MIMIC root), so a Dataset can find the original images
 """
@@ -31,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from medst.data.cache import CacheWriter, default_workers
+from medst.data.ct import index_volumes
 from medst.data.studies import (
     SPLIT_ORDER,
     Ledger,
@@ -82,8 +84,9 @@ def _split_rank(split: str) -> tuple[int, str]:
 class PrepareSummary:
     """What ``prepare`` kept and what it left out, and why. Counts add up:
 
-    ``studies_seen == studies_usable + sum(skipped_studies.values())`` and
-    ``images_seen == images_used + sum(skipped_images.values())``.
+    ``studies_seen == studies_usable + sum(skipped_studies.values())``,
+    ``images_seen == images_used + sum(skipped_images.values())`` and
+    ``volumes_seen == volumes_used + sum(skipped_volumes.values())`` (CT volumes; 0 without a ct/ folder).
     """
 
     out_dir: str
@@ -99,6 +102,9 @@ class PrepareSummary:
     sequences_per_split: dict[str, int] = field(default_factory=dict)
     skipped_studies: dict[str, int] = field(default_factory=dict)
     skipped_images: dict[str, int] = field(default_factory=dict)
+    volumes_seen: int = 0
+    volumes_used: int = 0
+    skipped_volumes: dict[str, int] = field(default_factory=dict)
     sequence_length: int = 4
     seconds: float = 0.0
 
@@ -124,10 +130,13 @@ class PrepareSummary:
         rows += [(f"skipped study: {reason}", n) for reason, n in self.skipped_studies.items()]
         rows += [("images seen", self.images_seen), ("images used", self.images_used)]
         rows += [(f"image not used: {reason}", n) for reason, n in self.skipped_images.items()]
+        if self.volumes_seen:
+            rows += [("CT volumes seen", self.volumes_seen), ("CT volumes used", self.volumes_used)]
+            rows += [(f"CT volume not used: {reason}", n) for reason, n in self.skipped_volumes.items()]
         width = max(len(name) for name, _ in rows)
         lines = [f"medst prepare -> {self.out_dir} ({self.seconds:.1f} s)"]
         lines += [f"  {name:<{width}}  {value}" for name, value in rows]
-        if self.skipped_studies or self.skipped_images:
+        if self.skipped_studies or self.skipped_images or self.skipped_volumes:
             lines.append(f"  every left-out item is listed with its reason in {Path(self.out_dir) / 'skipped.csv'}")
         return "\n".join(lines)
 
@@ -245,6 +254,7 @@ def _summarise(
     summary.sequences_per_split = {s: per_split[s] for s in splits}
     summary.skipped_studies = ledger.counts("study")
     summary.skipped_images = ledger.counts("image")
+    summary.skipped_volumes = ledger.counts("volume")
     if short:
         log.info(
             "%d patient(s) have fewer than %d usable studies: their studies are used as single studies "
@@ -298,8 +308,14 @@ def prepare(
     usable = keep_readable(with_report, ledger)  # 5. readable frontal
     table = _write_studies(usable, out)  # 6. studies.csv
     sequences = _write_sequences(table, sequence_length, out)  # 7. sequences.csv
+    volumes_seen, volumes_used = index_volumes(root, table, out, ledger, workers=workers, progress=progress)  # 7b.
     summary = PrepareSummary(
-        out_dir=str(out), studies_seen=len(studies), images_seen=images_seen, sequence_length=sequence_length
+        out_dir=str(out),
+        studies_seen=len(studies),
+        images_seen=images_seen,
+        volumes_seen=volumes_seen,
+        volumes_used=volumes_used,
+        sequence_length=sequence_length,
     )
     _summarise(summary, table, sequences, used, cache_name, ledger)  # 8. counts
     pd.DataFrame(ledger.rows, columns=["kind", "item", "reason", "detail"]).to_csv(out / "skipped.csv", index=False)
@@ -322,4 +338,5 @@ def prepare(
     )
     assert summary.studies_seen == summary.studies_usable + sum(summary.skipped_studies.values())
     assert summary.images_seen == summary.images_used + sum(summary.skipped_images.values())
+    assert summary.volumes_seen == summary.volumes_used + sum(summary.skipped_volumes.values())
     return summary

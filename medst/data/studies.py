@@ -236,7 +236,7 @@ class Ledger:
         return self.under(image_relpath(st.subject_id, st.study_id, dicom_id))
 
     def add(self, kind: str, item: str, reason: str, detail: str = "", warn: bool = True) -> None:
-        """One left-out item (kind "study", "image" or "patient")."""
+        """One left-out item (kind "study", "image", "patient" or "volume", a CT volume: medst.data.ct)."""
         self.rows.append({"kind": kind, "item": item, "reason": reason, "detail": detail})
         key = (kind, reason)
         self.per_reason[key] += 1

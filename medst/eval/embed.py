@@ -36,7 +36,7 @@ from medst.config import Config
 from medst.data.dicom import read_dicom_uint8
 from medst.data.images import cache_side, load_resized, resize_pad
 from medst.data.transforms import ImageTransform
-from medst.models.medst import build_medst, load_run
+from medst.models.medst import build_model, load_run
 from medst.utils import resolve_device, seed_everything
 
 ImageSource = str | os.PathLike | np.ndarray  # a file or a uint8 [H, W] array
@@ -136,7 +136,7 @@ def load_model(
     cfg.model.vision.checkpoint = None
     tokenizer = AutoTokenizer.from_pretrained(str(run / "tokenizer"))
     seed_everything(seed)
-    model = build_medst(cfg, tokenizer, load_init=False)  # nothing pre-trained: not even model.*.init_from
+    model = build_model(cfg, tokenizer, load_init=False)  # nothing pre-trained: not even model.*.init_from
     _randomise_text_tower(model)
     return EvalModel(model.to(dev).eval(), tokenizer, cfg, dev, "random", str(run))
 

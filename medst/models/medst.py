@@ -32,6 +32,11 @@ from medst.models.pretrained import init_heads
 from medst.models.text import load_tokenizer
 from medst.models.weights import load_weights
 
+# The neighbour of chapter 10, for the dispatch below. medst.neighbours (layer 3, as this package) builds on this
+# package's towers and heads but never imports this module, so there is no cycle; the module is bound, not its
+# names, so that importing medst.neighbours.mpma first (which imports medst.models on its way) works as well.
+from medst.neighbours import mpma as _mpma
+
 
 @dataclass
 class ImageEmbedding:
@@ -206,10 +211,26 @@ def build_medst(cfg: Config, tokenizer, load_init: bool = True) -> MedST:
     return model
 
 
-def load_run(run_dir, device: str | torch.device = "cpu") -> tuple[MedST, object, Config]:
+METHODS = ("medst", "mpma")  # model.method: Med-ST, or the neighbour MPMA (chapter 10)
+
+
+def build_model(cfg: Config, tokenizer, load_init: bool = True) -> nn.Module:
+    """The model of ``model.method``: :func:`build_medst` for ``medst``, :func:`medst.neighbours.mpma.build_mpma`
+    for ``mpma``. Both take the same arguments and give a module with ``forward(batch) -> .loss, .terms`` and the
+    embedding methods the evaluation uses; training, checkpoints and :func:`load_run` go through here."""
+    method = cfg.model.method
+    if method == "medst":
+        return build_medst(cfg, tokenizer, load_init)
+    if method == "mpma":
+        return _mpma.build_mpma(cfg, tokenizer, load_init)
+    raise ValueError(f"model.method must be one of {', '.join(METHODS)}, not {method!r}")
+
+
+def load_run(run_dir, device: str | torch.device = "cpu") -> tuple[nn.Module, object, Config]:
     """Load a pre-trained run folder (``config.json``, ``tokenizer/``, ``model.safetensors``) for inference.
 
-    Returns ``(model in eval mode, tokenizer, config)``. Nothing pickled is executed: weights are safetensors.
+    Returns ``(model in eval mode, tokenizer, config)``; the model is the run's ``model.method`` (:func:`build_model`).
+    Nothing pickled is executed: weights are safetensors.
     A run folder without ``tokenizer/`` (``medst convert`` without ``--tokenizer``) reads its tokenizer from
     ``model.text.name`` (hub name or local folder) with the lower-casing of ``model.text.lowercase``.
     """
@@ -234,6 +255,6 @@ def load_run(run_dir, device: str | torch.device = "cpu") -> tuple[MedST, object
                 f"cannot be loaded ({type(err).__name__}; offline?): put the tokenizer in {run_dir / 'tokenizer'} "
                 "(for a converted release: medst convert --tokenizer DIR)"
             ) from err
-    model = build_medst(cfg, tokenizer, load_init=False)
+    model = build_model(cfg, tokenizer, load_init=False)
     load_weights(model, run_dir / "model.safetensors")
     return model.to(device).eval(), tokenizer, cfg

@@ -10,11 +10,12 @@ Modules, from the bottom up::
     geometry   ellipsoids, image grids, exact line integrals along the rays of a view
     anatomy    one patient's 3-D anatomy and the findings as 3-D lesions
     render     projection of anatomy and lesions into a frontal or lateral radiograph
+    ct         cross-sections of the same anatomy and lesions: CT-like volumes (NIfTI) and their finding slices
     reports    MIMIC-style report text and MS-CXR-T sentence pairs
     plan       one patient's plan: finding courses, studies, views, ids, dates
     rows       the typed rows of every table written
     writers    rows to CSV, RSNA DICOM files, COVIDx lists
-    tasks      one patient / RSNA image / COVIDx image: files and rows
+    tasks      one patient / RSNA image / COVIDx image (/ CT volume): files and rows
     synth      ``synthesize`` and the command line
 """
 

@@ -26,6 +26,7 @@ SEQUENCE_LENGTH = 4  # studies per pre-training sequence (Method §1)
 
 # independent random streams: SeedSequence([seed, stream, index])
 STREAM_PATIENT, STREAM_COUNT, STREAM_SPLIT, STREAM_RSNA, STREAM_COVIDX, STREAM_TEXT = range(6)
+STREAM_CT_PICK, STREAM_CT = 6, 7  # which patients get a CT volume; each one's study and noise (medst.phantom.ct)
 
 FINDING_SIDES = {  # per finding: the sides it may take and their probabilities
     "pleural_effusion": (("right", "left", "bilateral"), (0.4, 0.3, 0.3)),

@@ -2,8 +2,8 @@
 
 Every table the phantom writes has its row type here; :func:`medst.phantom.writers.write_rows` takes the
 header from the type's fields, so a column is named in one place only. :class:`Tables` collects the rows that
-one generation task (a patient, an RSNA image, a COVIDx image) produces; ``synthesize`` concatenates them in
-task order and sorts each table before writing it::
+one generation task (a patient, an RSNA image, a COVIDx image) produces, :class:`CtTables` those of a CT volume;
+``synthesize`` concatenates them in task order and sorts each table before writing it::
 
     MetadataRow      mimic-cxr-jpg/mimic-cxr-2.0.0-metadata.csv
     SplitRow         mimic-cxr-jpg/mimic-cxr-2.0.0-split.csv
@@ -15,6 +15,8 @@ task order and sorts each table before writing it::
     SentencePairRow  ms-cxr-t/MS_CXR_T_temporal_sentence_similarity_v1.0.0.csv
     RsnaRow          rsna/stage_2_train_labels.csv
     CovidxRow        covidx/{train,test}.txt (space-separated, no header)
+    CtMetadataRow    mimic-cxr-jpg/ct/ct-metadata.csv (CT volumes, ``synthesize(ct_fraction > 0)`` only)
+    CtSliceRow       ground_truth/ct_slices.csv (the slices each finding of a CT volume occupies)
 """
 
 from __future__ import annotations
@@ -164,6 +166,34 @@ class CovidxRow(NamedTuple):
     source: str
 
 
+class CtMetadataRow(NamedTuple):
+    """One CT volume (``medst.phantom.ct``): its file under the ``ct`` folder, its size in voxels (columns: i,
+    rows: j, slices: k) and its voxel spacing in mm."""
+
+    subject_id: int
+    study_id: int
+    path: str  # files/pXX/pSUBJECT/sSTUDY.nii.gz
+    columns: int
+    rows: int
+    slices: int
+    spacing_x: str
+    spacing_y: str
+    spacing_z: str  # slice thickness = spacing between slice centres
+
+
+class CtSliceRow(NamedTuple):
+    """One finding present in a CT volume's study: the slices (k indices, 0 = most inferior, joined by ";")
+    whose slab holds part of its 3-D region, and the slice holding the most of it (-1: none)."""
+
+    subject_id: int
+    study_id: int
+    finding: str
+    side: str  # "left", "right", "bilateral", "" (cardiomegaly)
+    severity: str
+    slices: str
+    peak_slice: int
+
+
 @dataclass
 class Tables:
     """The rows of every table, as one task (or the whole data set) produces them."""
@@ -179,6 +209,20 @@ class Tables:
     covidx: list[CovidxRow] = field(default_factory=list)
 
     def extend(self, other: Tables) -> None:
+        """Append ``other``'s rows to each table, in order."""
+        for f in fields(self):
+            getattr(self, f.name).extend(getattr(other, f.name))
+
+
+@dataclass
+class CtTables:
+    """The rows of the CT tables, as one CT task (or the whole data set) produces them; apart from
+    :class:`Tables`, so that a phantom without CT volumes has exactly the tables it always had."""
+
+    metadata: list[CtMetadataRow] = field(default_factory=list)
+    slices: list[CtSliceRow] = field(default_factory=list)
+
+    def extend(self, other: CtTables) -> None:
         """Append ``other``'s rows to each table, in order."""
         for f in fields(self):
             getattr(self, f.name).extend(getattr(other, f.name))

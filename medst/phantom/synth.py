@@ -24,6 +24,12 @@ byte-identical for a seed whatever the number of worker processes. Layout under 
     covidx/{train,test}/*.png, covidx/{train,test}.txt
     ground_truth/{studies,progression,boxes,sequences}.csv
     phantom.json
+
+With ``ct_fraction`` F > 0, a fraction F of the patients also get one CT volume (NIfTI) of one of their studies,
+from the same 3-D anatomy and findings (``medst.phantom.ct``), and the slices each finding occupies::
+
+    mimic-cxr-jpg/ct/files/pXX/pSUBJECT/sSTUDY.nii.gz, mimic-cxr-jpg/ct/ct-metadata.csv
+    ground_truth/ct_slices.csv
 """
 
 from __future__ import annotations
@@ -39,9 +45,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from medst.phantom.ct import CtTask, default_slices, pick_ct_patients
 from medst.phantom.plan import FINDINGS, MAX_STUDIES, MSCXRT_FINDINGS, STREAM_SPLIT, STREAM_TEXT, n_studies, stream_rng
 from medst.phantom.reports import sentence_pairs
-from medst.phantom.rows import Tables
+from medst.phantom.rows import CtTables, Tables
 from medst.phantom.tasks import CovidxTask, PatientTask, RsnaTask, Task, run_task
 from medst.phantom.writers import MIMIC_DIR, write_tables
 
@@ -82,21 +89,23 @@ def _clear(out: Path) -> None:
         d.mkdir(parents=True, exist_ok=True)
 
 
-def _run_all(tasks: Sequence[Task], workers: int, progress: bool) -> Tables:
-    """Run ``tasks`` in ``workers`` processes (in this one for 0 or 1); their rows, concatenated in task order."""
-    tables = Tables()
+def _run_all(tasks: Sequence[Task], workers: int, progress: bool) -> tuple[Tables, CtTables]:
+    """Run ``tasks`` in ``workers`` processes (in this one for 0 or 1); their rows, concatenated in task order
+    (the CT tasks' apart)."""
+    tables, ct = Tables(), CtTables()
     with tqdm(total=len(tasks), desc="phantom", unit="task", disable=not progress) as bar:
         if workers <= 1:
             for t in tasks:
-                tables.extend(run_task(t))
+                res = run_task(t)
+                (ct if isinstance(res, CtTables) else tables).extend(res)
                 bar.update()
         else:
             method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
             with mp.get_context(method).Pool(workers) as pool:
                 for res in pool.imap(run_task, tasks, chunksize=max(1, min(16, len(tasks) // (8 * workers)))):
-                    tables.extend(res)
+                    (ct if isinstance(res, CtTables) else tables).extend(res)
                     bar.update()
-    return tables
+    return tables, ct
 
 
 def synthesize(
@@ -109,6 +118,8 @@ def synthesize(
     *,
     n_rsna: int | None = None,
     n_covidx: int | None = None,
+    ct_fraction: float = 0.0,
+    ct_slices: int | None = None,
 ) -> dict:
     """Write the phantom data set under ``out_dir`` and return its summary (also in ``phantom.json``).
 
@@ -121,11 +132,19 @@ def synthesize(
         progress: show a tqdm progress bar.
         n_rsna, n_covidx: RSNA patients and COVIDx images (default ~10 % of ``n_patients``, at least 40, and
             ~12 %, at least 60; 0 RSNA patients: no pydicom needed).
+        ct_fraction: fraction of the patients that also get one CT volume of one of their studies (0: none, and
+            the files are exactly those written without CT; > 0 needs nibabel). The radiographs, reports and
+            tables do not depend on it.
+        ct_slices: slices per CT volume (default: half of ``image_size``, between 16 and 64).
     """
     if n_patients < 1 or image_size < 32:
         raise ValueError(
             f"phantom.synthesize: need n_patients >= 1 and image_size >= 32, got {n_patients}, {image_size}"
         )
+    ct_patients = pick_ct_patients(seed, n_patients, ct_fraction)
+    n_slices = default_slices(image_size) if ct_slices is None else int(ct_slices)
+    if ct_patients and n_slices < 1:
+        raise ValueError(f"phantom.synthesize: need ct_slices >= 1, got {ct_slices}")
     out = Path(out_dir)
     _clear(out)
     counts = np.array([n_studies(seed, i) for i in range(n_patients)])
@@ -138,9 +157,13 @@ def synthesize(
     ]
     tasks += [RsnaTask(seed=seed, index=i, image_size=image_size, out=str(out)) for i in range(n_rsna)]
     tasks += [CovidxTask(seed=seed, index=i, image_size=image_size, out=str(out)) for i in range(n_covidx)]
-    tables = _run_all(tasks, (os.cpu_count() or 1) if workers is None else workers, progress)
+    tasks += [
+        CtTask(seed=seed, index=i, n_patients=n_patients, image_size=image_size, n_slices=n_slices, out=str(out))
+        for i in ct_patients
+    ]
+    tables, ct = _run_all(tasks, (os.cpu_count() or 1) if workers is None else workers, progress)
     pairs = sentence_pairs(stream_rng(seed, STREAM_TEXT), N_SENTENCE_PAIRS, MSCXRT_FINDINGS)
-    write_tables(out, tables, pairs)
+    write_tables(out, tables, pairs, ct)
 
     studies = tables.studies
     summary = {
@@ -167,12 +190,17 @@ def synthesize(
             "covidx_test": sum(1 for r in tables.covidx if r.split == "test"),
         },
     }
+    if ct_patients:  # absent without CT, so that phantom.json stays as it was
+        summary["ct_fraction"] = float(ct_fraction)
+        summary["counts"]["ct_volumes"] = len(ct.metadata)
+        summary["counts"]["ct_slices_per_volume"] = n_slices
     (out / "phantom.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return summary
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """``python -m medst.phantom --out DIR [--patients N] [--image-size S] [--seed K] [--workers W]``"""
+    """``python -m medst.phantom --out DIR [--patients N] [--image-size S] [--seed K] [--workers W]
+    [--ct-fraction F]``"""
     p = argparse.ArgumentParser(prog="python -m medst.phantom", description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--patients", type=int, default=200, help="MIMIC-part patients (default 200)")
@@ -180,7 +208,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--ct-fraction", type=float, default=0.0, help="fraction of patients with a CT volume (default 0)")
     a = p.parse_args(argv)
-    summary = synthesize(a.out, a.patients, a.image_size, a.seed, a.workers, not a.quiet)
+    summary = synthesize(a.out, a.patients, a.image_size, a.seed, a.workers, not a.quiet, ct_fraction=a.ct_fraction)
     print(json.dumps(summary, indent=2, sort_keys=True))
     return summary

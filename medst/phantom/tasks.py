@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from medst.phantom.anatomy import Lesion, lesions_for, make_anatomy, make_sites
+from medst.phantom.ct import CtTask
 from medst.phantom.plan import (
     FINDING_SIDES,
     FINDINGS,
@@ -33,6 +34,7 @@ from medst.phantom.reports import FindingState, make_report
 from medst.phantom.rows import (
     BoxRow,
     CovidxRow,
+    CtTables,
     MetadataRow,
     MscxrtRow,
     ProgressionRow,
@@ -87,10 +89,10 @@ class CovidxTask(NamedTuple):
         return covidx_tables(self)
 
 
-Task = PatientTask | RsnaTask | CovidxTask
+Task = PatientTask | RsnaTask | CovidxTask | CtTask
 
 
-def run_task(task: Task) -> Tables:
+def run_task(task: Task) -> Tables | CtTables:
     """Run one task (module level, so that a process pool can pickle it)."""
     return task.run()
 

@@ -8,13 +8,16 @@ under ``out``::
     ms-cxr-t/MS_CXR_T_temporal_image_classification_v1.0.0.csv, MS_CXR_T_temporal_sentence_similarity_v1.0.0.csv
     rsna/stage_2_train_labels.csv
     covidx/{train,test}.txt
+    mimic-cxr-jpg/ct/ct-metadata.csv, ground_truth/ct_slices.csv   (only when there are CT volumes)
 
-:func:`write_dicom` writes one RSNA image as a DICOM radiograph in one of several valid encodings.
+:func:`write_dicom` writes one RSNA image as a DICOM radiograph in one of several valid encodings;
+:func:`write_nifti` one CT volume as a gzipped NIfTI-1 file.
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -25,6 +28,9 @@ import numpy as np
 from medst.phantom.reports import SentencePair
 from medst.phantom.rows import (
     BoxRow,
+    CtMetadataRow,
+    CtSliceRow,
+    CtTables,
     MetadataRow,
     MscxrtRow,
     ProgressionRow,
@@ -37,6 +43,8 @@ from medst.phantom.rows import (
 )
 
 MIMIC_DIR = "mimic-cxr-jpg"
+CT_DIR = "ct"  # CT volumes, under MIMIC_DIR: files/pXX/pSUBJECT/sSTUDY.nii.gz and CT_METADATA_NAME
+CT_METADATA_NAME = "ct-metadata.csv"
 SENTENCE_SUBSET = "RadGraph"
 
 
@@ -50,8 +58,9 @@ def write_rows(path: Path, row_type: type, rows: Iterable[tuple]) -> None:
         w.writerows(rows)
 
 
-def write_tables(out: Path, tables: Tables, pairs: Sequence[SentencePair]) -> None:
-    """Write every table of the data set under ``out`` (rows in any order: each table is sorted here)."""
+def write_tables(out: Path, tables: Tables, pairs: Sequence[SentencePair], ct: CtTables | None = None) -> None:
+    """Write every table of the data set under ``out`` (rows in any order: each table is sorted here); the CT
+    tables only when ``ct`` has rows."""
     mimic = out / MIMIC_DIR
     write_rows(
         mimic / "mimic-cxr-2.0.0-metadata.csv",
@@ -85,6 +94,9 @@ def write_tables(out: Path, tables: Tables, pairs: Sequence[SentencePair]) -> No
     for split in ("train", "test"):
         lines = [f"{r.patient_id} {r.filename} {r.label} {r.source}\n" for r in covidx if r.split == split]
         (out / "covidx" / f"{split}.txt").write_text("".join(lines), encoding="utf-8")
+    if ct is not None and ct.metadata:
+        write_rows(mimic / CT_DIR / CT_METADATA_NAME, CtMetadataRow, sorted(ct.metadata))
+        write_rows(gt / "ct_slices.csv", CtSliceRow, sorted(ct.slices))
 
 
 class DicomEncoding(NamedTuple):
@@ -145,3 +157,19 @@ def write_dicom(path: Path, pixels: np.ndarray, rng: np.random.Generator, patien
         ds.is_little_endian, ds.is_implicit_VR = True, False
         ds.save_as(path, write_like_original=False)
     return DicomEncoding(ds.PhotometricInterpretation, bits)
+
+
+def write_nifti(path: Path, hu: np.ndarray, affine: np.ndarray, description: str) -> None:
+    """Write an int16 HU volume [I, J, K] with its [4, 4] RAS+ affine (mm) as a ``.nii.gz`` file: NIfTI-1, units
+    mm, qform and sform "scanner"; the stored values are HU (no scl_slope / scl_inter scaling). The gzip stream
+    has no time stamp and no name, so the same volume gives the same bytes."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.asarray(hu, dtype=np.int16), affine)
+    img.set_data_dtype(np.int16)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header["descrip"] = description.encode("ascii")[:79]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(img.to_bytes(), compresslevel=6, mtime=0))

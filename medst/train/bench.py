@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from medst.config import Config, load_profile
 from medst.data.dataset import Batch, loader_from_config
 from medst.models.build import build_tokenizer
-from medst.models.medst import build_medst
+from medst.models.medst import build_model
 from medst.models.text import train_wordpiece_tokenizer
 from medst.train.step import AmpPolicy, optimizer_from_config, train_step
 from medst.utils import resolve_device, seed_everything
@@ -123,7 +123,7 @@ def bench_model(cfg: Config, device: torch.device, sequences: int, steps: int = 
     """
     seed_everything(0)
     tokenizer = synthetic_tokenizer(cfg.model.text.vocab_size)
-    model = build_medst(cfg, tokenizer).to(device)
+    model = build_model(cfg, tokenizer).to(device)
     model.vision.group_bucket = cfg.train.group_bucket  # as in training (medst.train.loop)
     ratio = cfg.train.singles_per_batch / max(cfg.train.sequences_per_batch, 1)
     batch = synthetic_batch(cfg, sequences, round(sequences * ratio), model.text.tokenizer, device)

@@ -40,7 +40,7 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from medst.config import Config, load_profile
 from medst.data.dataset import loader_from_config
 from medst.models.build import build_tokenizer
-from medst.models.medst import build_medst
+from medst.models.medst import build_model
 from medst.models.norm import convert_batchnorm
 from medst.train import distributed
 from medst.train.checkpoint import (
@@ -73,6 +73,8 @@ METRIC_FIELDS = [
     "word_entropy",
     "patch_max_weight",
     "patch_entropy",
+    "mim",  # MPMA's reconstruction terms (chapter 10); empty for Med-ST
+    "mlm",
 ]
 
 
@@ -192,7 +194,7 @@ class Trainer:
             tokenizer.save_pretrained(str(tok_dir))
 
         seed_everything(cfg.train.seed)  # identical initial weights in every process
-        model = build_medst(cfg, tokenizer)
+        model = build_model(cfg, tokenizer)
         loader = loader_from_config(
             cfg,
             data_dir,

@@ -1,20 +1,22 @@
-"""Exercises of chapters 2-6 and the checkers that grade them.
+"""Exercises of chapters 1-9 and the checkers that grade them.
 
-Each exercise asks the reader to write one piece of Med-ST as a plain function; its checker calls that function
-on random inputs (several seeds and shapes, edge cases included) and compares the result, and for losses also the
-gradients, with the library's implementation::
+Each exercise (easy, medium or hard) asks the reader for one function: a piece of Med-ST with a twist the chapter
+did not show, a variant to measure, or a number to predict and compute. Its checker calls that function on inputs
+it builds (several seeds and shapes, masks, padding, train and eval mode, edge cases) and compares the result,
+and where it is differentiable also the gradients, with a reference. A submission that is, wraps or calls the
+library's own implementation is refused::
 
-    from medst.book.exercises import check_fmc
+    from medst.book.exercises import check_rmr_mse
 
-    check_fmc(fmc)  # prints a success message, or raises ExerciseError
+    check_rmr_mse(rmr_mse)  # prints a success message, or raises ExerciseError naming the likely mistake
 
 Modules:
 
 * ``framework.py``: the grading framework (:class:`ExerciseError`, :class:`CheckResult`, ``Case``, ``Check``,
   ``run_check``) and :class:`Exercise`, one exercise as data;
-* ``ch02.py`` ... ``ch06.py``: per chapter, the checkers with their inputs and mistake models, and the exercise
+* ``ch01.py`` ... ``ch09.py``: per chapter, the checkers with their inputs and mistake models, and the exercise
   texts;
-* ``solutions/``: each solution as a real module (``solutions/ch06_fmc.py``), exactly the notebook's solution
+* ``solutions/``: each solution as a real module (``solutions/ch06_rmr_mse.py``), exactly the notebook's solution
   cell; the student's stub is made from it (:mod:`medst.book.stubs`);
 * ``registry.py``: :data:`EXERCISES` per chapter, :func:`find_exercise`;
 * ``cells.py``: the notebook cells (:func:`exercise_cells`, :func:`append_exercises`) and the command line
@@ -24,11 +26,15 @@ Modules:
 """
 
 from medst.book.exercises.cells import append_exercises, exercise_cells, is_exercise_cell, main
-from medst.book.exercises.ch02 import check_word_merge
-from medst.book.exercises.ch03 import check_global_loss
-from medst.book.exercises.ch04 import check_move_block
-from medst.book.exercises.ch05 import check_local_word_side
-from medst.book.exercises.ch06 import check_fmc, check_rmr
+from medst.book.exercises.ch01 import check_dicom_grey, check_sequence_windows
+from medst.book.exercises.ch02 import check_masked_batch_norm, check_merge_words_max, check_move_tokens
+from medst.book.exercises.ch03 import check_chance_level, check_lowest_global_loss, check_patient_infonce
+from medst.book.exercises.ch04 import check_mixed_batch_block, check_move_extra_parameters, check_routed_block
+from medst.book.exercises.ch05 import check_masked_word_side, check_word_weight_collapse
+from medst.book.exercises.ch06 import check_masked_cycle, check_miss_costs, check_rmr_mse
+from medst.book.exercises.ch07 import check_guarded_step, check_logged_lr
+from medst.book.exercises.ch08 import check_best_threshold, check_shared_report_recall, check_zero_shot
+from medst.book.exercises.ch09 import check_flipped_verdicts, check_seeds_needed, check_verdict
 from medst.book.exercises.framework import CheckResult, Exercise, ExerciseError
 from medst.book.exercises.registry import EXERCISES, find_exercise
 
@@ -37,12 +43,30 @@ __all__ = [
     "CheckResult",
     "Exercise",
     "EXERCISES",
-    "check_word_merge",
-    "check_global_loss",
-    "check_move_block",
-    "check_local_word_side",
-    "check_fmc",
-    "check_rmr",
+    "check_dicom_grey",
+    "check_sequence_windows",
+    "check_move_tokens",
+    "check_merge_words_max",
+    "check_masked_batch_norm",
+    "check_chance_level",
+    "check_lowest_global_loss",
+    "check_patient_infonce",
+    "check_move_extra_parameters",
+    "check_routed_block",
+    "check_mixed_batch_block",
+    "check_masked_word_side",
+    "check_word_weight_collapse",
+    "check_miss_costs",
+    "check_rmr_mse",
+    "check_masked_cycle",
+    "check_logged_lr",
+    "check_guarded_step",
+    "check_best_threshold",
+    "check_zero_shot",
+    "check_shared_report_recall",
+    "check_verdict",
+    "check_flipped_verdicts",
+    "check_seeds_needed",
     "exercise_cells",
     "append_exercises",
     "is_exercise_cell",

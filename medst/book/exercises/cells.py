@@ -24,41 +24,84 @@ HEADING = (
 )
 
 
+NBGRADER_SCHEMA = 3  # the version of nbgrader's cell metadata written here
+
+
+def nbgrader_metadata(grade_id: str, *, solution: bool = False, grade: bool = False, points: int = 0) -> dict:
+    """nbgrader's ``metadata.nbgrader`` of an exercise cell (schema 3).
+
+    A solution cell is nbgrader's "autograded answer" (``solution``, editable), a check cell its "autograder
+    tests" (``grade``, ``locked``, worth ``points``), and every other exercise cell "read-only" (``locked``).
+    ``grade_id`` is the cell's id, unique in the notebook.
+    """
+    meta = {
+        "grade": grade,
+        "grade_id": grade_id,
+        "locked": not solution,
+        "schema_version": NBGRADER_SCHEMA,
+        "solution": solution,
+        "task": False,
+    }
+    if grade:
+        meta["points"] = points
+    return meta
+
+
 def exercise_cells(chapter: str) -> list:
     """The cells a chapter ends with: a heading, then per exercise a prompt (markdown), the solution (code,
     tagged ``solution`` and ``hide-input``; ``metadata.medst.stub`` holds the student's stub) and the check
-    (code, tagged ``check``). Every cell has ``metadata.medst.exercise`` and a stable id.
+    (code, tagged ``check``). Every cell has ``metadata.medst.exercise``, a stable id and nbgrader's metadata
+    (:func:`nbgrader_metadata`: the check cell is worth the exercise's points).
     """
     import nbformat
 
     key = chapter_key(chapter)
     v4 = nbformat.v4
+    heading_id = f"ex-{key.replace('_', '-')}"
     cells = [
         v4.new_markdown_cell(
-            HEADING, id=f"ex-{key.replace('_', '-')}", metadata={"tags": ["exercise"], "medst": {"exercise": "heading"}}
+            HEADING,
+            id=heading_id,
+            metadata={
+                "tags": ["exercise"],
+                "medst": {"exercise": "heading"},
+                "nbgrader": nbgrader_metadata(heading_id),
+            },
         )
     ]
     for ex in EXERCISES[key]:
+        prompt_id, solution_id, check_id = (f"ex-{ex.key}-{part}" for part in ("prompt", "solution", "check"))
         cells.append(
             v4.new_markdown_cell(
-                ex.prompt_md, id=f"ex-{ex.key}-prompt", metadata={"tags": ["exercise"], "medst": {"exercise": ex.key}}
+                ex.prompt_md,
+                id=prompt_id,
+                metadata={
+                    "tags": ["exercise"],
+                    "medst": {"exercise": ex.key},
+                    "nbgrader": nbgrader_metadata(prompt_id),
+                },
             )
         )
         cells.append(
             v4.new_code_cell(
                 ex.solution_code.rstrip("\n"),
-                id=f"ex-{ex.key}-solution",
+                id=solution_id,
                 metadata={
                     "tags": ["solution", "hide-input"],
                     "medst": {"exercise": ex.key, "stub": ex.stub_code.rstrip("\n")},
+                    "nbgrader": nbgrader_metadata(solution_id, solution=True),
                 },
             )
         )
         cells.append(
             v4.new_code_cell(
                 ex.check_code.rstrip("\n"),
-                id=f"ex-{ex.key}-check",
-                metadata={"tags": ["check"], "medst": {"exercise": ex.key}},
+                id=check_id,
+                metadata={
+                    "tags": ["check"],
+                    "medst": {"exercise": ex.key},
+                    "nbgrader": nbgrader_metadata(check_id, grade=True, points=ex.points),
+                },
             )
         )
     return cells

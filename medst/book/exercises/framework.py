@@ -10,6 +10,12 @@ a student's copy of a chapter runs top to bottom before any exercise is done. A 
 absolute error and a hint; where the answer matches a typical mistake (averaging instead of summing, a flipped
 sign, ...) the hint names that mistake.
 
+When the environment variable ``MEDST_GRADE_LOG`` names a file, every :func:`run_check` also appends one JSON line
+to it (the exercise's number, title and function, ``status``: "passed", "failed", "not done" or "error", and the
+message): ``medst grade`` (:mod:`medst.book.grade`) reads each exercise's outcome there instead of parsing what
+the notebook printed. Under nbgrader (``NBGRADER_EXECUTION`` set to "autograde" or "validate") a stub raises
+:class:`ExerciseError` instead of passing quietly, so that nbgrader gives its check cell no points.
+
 :class:`Exercise` is one exercise as data: its text, its solution (a real module under ``solutions/``, whose
 source is the notebook's solution cell and from which the student's stub is made) and its checker.
 """
@@ -19,6 +25,8 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import json
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +45,8 @@ ATOL, RTOL = 1e-5, 1e-4  # values (float32 inputs)
 GRAD_ATOL, GRAD_RTOL = 1e-4, 1e-3  # gradients
 LEVELS = {"easy": 1, "medium": 2, "hard": 3}  # an exercise's level -> its points in a grade
 SOLUTIONS = Path(__file__).resolve().parent / "solutions"  # one module per exercise: the solution cell's source
+GRADE_LOG_ENV = "MEDST_GRADE_LOG"  # a file: run_check appends one JSON line per check (read by medst grade)
+NBGRADER_ENV = "NBGRADER_EXECUTION"  # set by nbgrader while it autogrades or validates a notebook
 
 
 class ExerciseError(AssertionError):
@@ -288,9 +298,48 @@ def _refuse_library(check: Check, fn: Any) -> None:
 def run_check(check: Check, fn: Any) -> CheckResult:
     """Grade ``fn`` on every case of ``check``; passed if all cases pass, not passed if it is still a stub.
 
+    The outcome is also appended to the grade log when ``$MEDST_GRADE_LOG`` is set (:func:`log_outcome`).
+
     Raises:
-        ExerciseError: on the first case where ``fn`` raises, or its value or gradient is wrong.
+        ExerciseError: on the first case where ``fn`` raises, or its value or gradient is wrong; for a stub
+            too when nbgrader runs the notebook (``$NBGRADER_EXECUTION``), so that the check cell fails there.
     """
+    try:
+        result = _run_cases(check, fn)
+    except ExerciseError as err:
+        log_outcome(check, "failed", str(err))
+        raise
+    except Exception as err:  # the checker itself broke: not the reader's answer
+        log_outcome(check, "error", f"{check.name}: the checker raised {type(err).__name__}: {err}")
+        raise
+    log_outcome(check, "passed" if result.passed else "not done", result.message)
+    if not result.passed and os.environ.get(NBGRADER_ENV, "").lower() in ("autograde", "validate"):
+        raise ExerciseError(result.message)
+    return result
+
+
+def log_outcome(check: Check, status: str, message: str) -> None:
+    """Append ``{"number", "title", "function", "status", "message"}`` as one JSON line to the file that
+    ``$MEDST_GRADE_LOG`` names; nothing when it is unset (or the file cannot be written)."""
+    path = os.environ.get(GRADE_LOG_ENV)
+    if not path:
+        return
+    record = {
+        "number": check.number,
+        "title": check.title,
+        "function": check.function,
+        "status": status,
+        "message": message,
+    }
+    try:
+        with open(path, "a", encoding="utf-8") as log:
+            log.write(json.dumps(record, ensure_ascii=False) + "\n")
+    except OSError:  # the grader reports a check without a line as "not run"
+        pass
+
+
+def _run_cases(check: Check, fn: Any) -> CheckResult:
+    """:func:`run_check` without the grade log: the verdict on every case."""
     if not callable(fn):
         raise ExerciseError(
             f"{check.name}: pass the function itself (e.g. `{check.function}`, without calling "
