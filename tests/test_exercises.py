@@ -15,21 +15,15 @@ import json
 import nbformat
 import pytest
 import torch
+from exercise_helpers import define, reject
 
 from medst.book import exercises as ex
-from medst.book.exercises import EXERCISES, ExerciseError
+from medst.book.exercises import EXERCISES
 from medst.book.exercises.framework import SOLUTIONS
 from medst.book.student import stub_from_solution, student_notebook, write_student_edition
 
 ALL = [e for chapter in EXERCISES.values() for e in chapter]
 IDS = [e.key for e in ALL]
-
-
-def define(code: str, name: str):
-    """Execute a code cell's source and return the function it defines."""
-    namespace: dict = {}
-    exec(compile(code, f"<{name}>", "exec"), namespace)
-    return namespace[name]
 
 
 # --------------------------------------------------------------------------- checkers on the solutions / stubs
@@ -80,15 +74,6 @@ def test_every_chapter_has_exercises():
 
 
 # --------------------------------------------------------------------------- wrong answers are rejected
-def reject(checker, fn, *fragments):
-    with pytest.raises(ExerciseError) as info:
-        checker(fn)
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
-
-
 def test_not_a_function():
     reject(ex.check_rmr_mse, torch.tensor(1.0), "pass the function itself")
 

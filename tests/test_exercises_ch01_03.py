@@ -21,11 +21,11 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from exercise_helpers import define, mistake, reject, solution
 from PIL import Image
 
 from medst.book import exercises as ex
 from medst.book.exercises import ch01, ch02, ch03
-from medst.book.exercises.framework import ExerciseError
 from medst.data.dicom import dicom_to_float, read_dicom
 from medst.data.mimic import prepare, sliding_windows
 from medst.losses.contrastive import global_alignment_loss
@@ -37,34 +37,6 @@ from medst.models.vision import MoVE
 BOOK = Path(__file__).resolve().parents[1] / "book"
 MODULES = (ch01, ch02, ch03)
 MINE = [e for module in MODULES for e in module.EXERCISES]
-
-
-def define(code: str, name: str):
-    """Execute a cell's source and return the function it defines."""
-    namespace: dict = {}
-    exec(compile(code, f"<{name}>", "exec"), namespace)
-    return namespace[name]
-
-
-def solution(key: str):
-    exercise = ex.find_exercise(key)
-    return define(exercise.solution_code, exercise.function)
-
-
-def reject(checker, fn, *fragments: str) -> str:
-    """``checker(fn)`` raises ExerciseError whose message holds every fragment."""
-    with pytest.raises(ExerciseError) as info:
-        checker(fn)
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
-
-
-def mistake(checker, fn, hint: str) -> None:
-    """A wrong answer fails with the typical-mistake hint that contains ``hint``."""
-    message = reject(checker, fn, "looks like a typical mistake")
-    assert hint in " ".join(message.split()), message
 
 
 # --------------------------------------------------------------------------- every exercise

@@ -18,11 +18,11 @@ import nbformat
 import pytest
 import torch
 import torch.nn.functional as F
+from exercise_helpers import define, mistake, reject, solution
 from timm.models.vision_transformer import VisionTransformer
 
 from medst.book import exercises as ex
 from medst.book.exercises import ch04, ch05, ch06
-from medst.book.exercises.framework import ExerciseError
 from medst.losses.local import LocalAlignment, modality_weights
 from medst.losses.temporal import VARIANCE_EPS, cycle_consistency_loss, rmr_details, rmr_loss
 from medst.models.vision import MoVE
@@ -30,33 +30,6 @@ from medst.models.vision import MoVE
 BOOK = Path(__file__).resolve().parents[1] / "book"
 MODULES = (ch04, ch05, ch06)
 MINE = [e for module in MODULES for e in module.EXERCISES]
-
-
-def define(code: str, name: str):
-    """Execute a cell's source and return the function it defines."""
-    namespace: dict = {}
-    exec(compile(code, f"<{name}>", "exec"), namespace)
-    return namespace[name]
-
-
-def solution(key: str):
-    exercise = ex.find_exercise(key)
-    return define(exercise.solution_code, exercise.function)
-
-
-def reject(checker, fn, *fragments: str) -> str:
-    """``checker(fn)`` raises ExerciseError whose message (whitespace normalised) holds every fragment."""
-    with pytest.raises(ExerciseError) as info:
-        checker(fn)
-    message = " ".join(str(info.value).split())
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
-
-
-def mistake(checker, fn, hint: str) -> None:
-    """A wrong answer fails with the typical-mistake hint that contains ``hint``."""
-    reject(checker, fn, "looks like a typical mistake", hint)
 
 
 # --------------------------------------------------------------------------- every exercise

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from exercise_helpers import define, reject
 
 from medst.ablation import ablation_verdicts
 from medst.book.exercises import (
     EXERCISES,
-    ExerciseError,
     ch07,
     ch09,
     check_best_threshold,
@@ -37,21 +37,6 @@ from medst.eval.sentence import best_threshold_accuracy
 from medst.train.step import AmpPolicy, train_step
 
 MINE = [e for chapter in ("07_pretraining", "08_evaluation", "09_ablations") for e in EXERCISES[chapter]]
-
-
-def define(code: str, name: str):
-    namespace: dict = {}
-    exec(compile(code, f"<{name}>", "exec"), namespace)
-    return namespace[name]
-
-
-def reject(checker, fn, *fragments):
-    with pytest.raises(ExerciseError) as info:
-        checker(fn)
-    message = str(info.value)
-    for fragment in fragments:
-        assert fragment in " ".join(message.split()), message
-    return message
 
 
 # --------------------------------------------------------------------------- every exercise

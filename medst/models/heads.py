@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from medst.config import LossConfig
+from medst.losses.local import LocalAlignment
 from medst.models.norm import batch_norm_rows
 
 
@@ -73,3 +75,33 @@ class LocalHead(nn.Module):
             else:  # Linear, ReLU, and BatchNorm with its running statistics (per token)
                 x = layer(x)
         return torch.where(valid[:, None], x, x.new_zeros(())).view(B, T, self.out_dim)
+
+
+class AlignedTowers(nn.Module):
+    """The two towers and the heads that align them (Method §2, §4, §5), shared by Med-ST and its neighbours.
+
+    Holds ``vision`` (width D_v) and ``text`` (width D_t), the global heads ``image_global`` / ``text_global``
+    (D -> d), and, when ``loss.local_weight > 0``, the local heads ``image_local`` / ``text_local`` and the local
+    alignment (Method §5); otherwise those three are None. Subclasses add their objective.
+    """
+
+    def __init__(self, vision: nn.Module, text: nn.Module, embed_dim: int, head_hidden: int, loss: LossConfig) -> None:
+        super().__init__()
+        self.loss_cfg = loss
+        self.vision, self.text = vision, text
+        dv, dt = vision.embed_dim, text.hidden_size
+        self.image_global = GlobalHead(dv, head_hidden, embed_dim)
+        self.text_global = GlobalHead(dt, head_hidden, embed_dim)
+        if loss.local_weight > 0:
+            self.image_local = LocalHead(dv, head_hidden, embed_dim)
+            self.text_local = LocalHead(dt, head_hidden, embed_dim)
+            self.local_alignment = LocalAlignment(
+                embed_dim, loss.local_temperature, mask_words=loss.mask_words, weighting=loss.local_weighting
+            )
+        else:
+            self.image_local = self.text_local = self.local_alignment = None
+
+    @property
+    def uses_local(self) -> bool:
+        """True when the model has the local branch (its local heads and the local alignment)."""
+        return self.local_alignment is not None

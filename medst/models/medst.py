@@ -24,10 +24,10 @@ from einops import rearrange
 
 from medst.config import Config, LossConfig
 from medst.losses.contrastive import global_alignment_loss
-from medst.losses.local import LocalAlignment, weight_stats
+from medst.losses.local import weight_stats
 from medst.losses.temporal import fmc_loss, rmr_loss
 from medst.models.build import build_text_encoder, build_vision
-from medst.models.heads import GlobalHead, LocalHead
+from medst.models.heads import AlignedTowers
 from medst.models.pretrained import init_heads
 from medst.models.text import load_tokenizer
 from medst.models.weights import load_weights
@@ -64,7 +64,7 @@ class MedSTOutput:
     terms: dict[str, torch.Tensor]
 
 
-class MedST(nn.Module):
+class MedST(AlignedTowers):
     """Image tower ``vision`` (MoVE), text tower ``text`` (TextEncoder), projection heads and losses.
 
     Args:
@@ -83,24 +83,8 @@ class MedST(nn.Module):
         head_hidden: int = 2048,
         loss: LossConfig | None = None,
     ) -> None:
-        super().__init__()
-        self.loss_cfg = loss = loss or LossConfig()
-        self.vision, self.text = vision, text
-        dv, dt = vision.embed_dim, text.hidden_size
-        self.image_global = GlobalHead(dv, head_hidden, embed_dim)
-        self.text_global = GlobalHead(dt, head_hidden, embed_dim)
-        if loss.local_weight > 0:
-            self.image_local = LocalHead(dv, head_hidden, embed_dim)
-            self.text_local = LocalHead(dt, head_hidden, embed_dim)
-            self.local_alignment = LocalAlignment(
-                embed_dim, loss.local_temperature, mask_words=loss.mask_words, weighting=loss.local_weighting
-            )
-        else:
-            self.image_local = self.text_local = self.local_alignment = None
-
-    @property
-    def uses_local(self) -> bool:
-        return self.local_alignment is not None
+        loss = loss or LossConfig()
+        super().__init__(vision, text, embed_dim, head_hidden, loss)
 
     # -- inference ----------------------------------------------------------------------------------
     def encode_image(

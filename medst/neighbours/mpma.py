@@ -71,9 +71,8 @@ from torch import Tensor
 
 from medst.config import Config, LossConfig, MPMAConfig
 from medst.losses.contrastive import global_alignment_loss
-from medst.losses.local import LocalAlignment
 from medst.models.build import build_text_encoder, build_vision
-from medst.models.heads import GlobalHead, LocalHead
+from medst.models.heads import AlignedTowers
 from medst.models.pretrained import init_heads
 
 __all__ = [
@@ -422,7 +421,7 @@ class MPMAReconstruction:
     logits: Tensor
 
 
-class MPMA(nn.Module):
+class MPMA(AlignedTowers):
     """Paired masking, MA-CMF and GLA around medst's towers (see the module docstring).
 
     Args:
@@ -446,22 +445,10 @@ class MPMA(nn.Module):
         loss: LossConfig | None = None,
         mpma: MPMAConfig | None = None,
     ) -> None:
-        super().__init__()
-        self.loss_cfg = loss = loss or LossConfig()
+        loss = loss or LossConfig()
+        super().__init__(vision, text, embed_dim, head_hidden, loss)  # GLA's heads (Method §2, §4, §5)
         self.mpma_cfg = mpma = mpma or MPMAConfig()
-        self.vision, self.text = vision, text
         dv, dt = vision.embed_dim, text.hidden_size
-        # GLA (Method §2, §4, §5)
-        self.image_global = GlobalHead(dv, head_hidden, embed_dim)
-        self.text_global = GlobalHead(dt, head_hidden, embed_dim)
-        if loss.local_weight > 0:
-            self.image_local = LocalHead(dv, head_hidden, embed_dim)
-            self.text_local = LocalHead(dt, head_hidden, embed_dim)
-            self.local_alignment = LocalAlignment(
-                embed_dim, loss.local_temperature, mask_words=loss.mask_words, weighting=loss.local_weighting
-            )
-        else:
-            self.image_local = self.text_local = self.local_alignment = None
         # paired masking
         tok = text.tokenizer
         if tok.mask_token_id is None:
@@ -485,10 +472,6 @@ class MPMA(nn.Module):
             prefix=vision.num_prefix_tokens,
         )
         self.mlm_head = MLMHead(dim, int(text.model.config.vocab_size))
-
-    @property
-    def uses_local(self) -> bool:
-        return self.local_alignment is not None
 
     # -- inference (the unmasked pair) --------------------------------------------------------------
     def encode_image(
