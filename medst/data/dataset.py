@@ -40,10 +40,6 @@ from medst.data.mimic import sliding_windows
 from medst.data.sampler import SequenceBatchSampler
 from medst.data.transforms import ImageTransform, normalise
 
-# re-exported: book/01_data.ipynb imports the transforms from here
-from medst.data.transforms import eval_transform as eval_transform
-from medst.data.transforms import train_transform as train_transform
-
 
 # ---------------------------------------------------------------------------------------------------------
 # Batch

@@ -10,8 +10,11 @@ The heads do NOT L2-normalise: the model normalises their outputs before the los
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from medst.config import LossConfig
 from medst.losses.local import LocalAlignment
@@ -77,6 +80,33 @@ class LocalHead(nn.Module):
         return torch.where(valid[:, None], x, x.new_zeros(())).view(B, T, self.out_dim)
 
 
+@dataclass
+class ImageEmbedding:
+    """global_: [B,d] unit vectors; patches: [B,P,d] unit vectors (zero where masked); patch_mask: [B,P] bool."""
+
+    global_: torch.Tensor
+    patches: torch.Tensor | None = None
+    patch_mask: torch.Tensor | None = None
+
+
+@dataclass
+class TextEmbedding:
+    """global_: [B,d] unit vectors; words: [B,W,d] unit vectors (zero where masked); word_mask: [B,W] bool."""
+
+    global_: torch.Tensor
+    words: torch.Tensor | None = None
+    word_mask: torch.Tensor | None = None
+
+
+@dataclass
+class TrainingOutput:
+    """What a model's ``forward(batch)`` returns for a training step: the weighted total loss and each term
+    (detached) for logging."""
+
+    loss: torch.Tensor
+    terms: dict[str, torch.Tensor]
+
+
 class AlignedTowers(nn.Module):
     """The two towers and the heads that align them (Method §2, §4, §5), shared by Med-ST and its neighbours.
 
@@ -105,3 +135,35 @@ class AlignedTowers(nn.Module):
     def uses_local(self) -> bool:
         """True when the model has the local branch (its local heads and the local alignment)."""
         return self.local_alignment is not None
+
+    def image_tokens(self, frontal, lateral=None, has_lateral=None, compact=None):
+        """The vision tower's output for :meth:`encode_image` (a subclass may read fewer views)."""
+        return self.vision(frontal, lateral, has_lateral, compact=compact)
+
+    def encode_image(
+        self,
+        frontal: torch.Tensor,
+        lateral: torch.Tensor | None = None,
+        has_lateral: torch.Tensor | None = None,
+        local: bool | None = None,
+        compact: bool | None = None,
+    ) -> ImageEmbedding:
+        """frontal [B,3,H,W] (+ lateral, compact or full, and has_lateral [B]) -> normalised embeddings.
+        ``compact=True``: the laterals are compact even with B rows (see :meth:`MoVE.forward`)."""
+        out = self.image_tokens(frontal, lateral, has_lateral, compact)
+        emb = ImageEmbedding(F.normalize(self.image_global(out.cls), dim=-1))
+        if self.uses_local and local is not False:
+            emb.patches = F.normalize(self.image_local(out.patches, out.patch_mask), dim=-1)
+            emb.patch_mask = out.patch_mask
+        return emb
+
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, local: bool | None = None
+    ) -> TextEmbedding:
+        """input_ids, attention_mask [B,T] -> normalised report and word embeddings."""
+        out = self.text(input_ids, attention_mask)
+        emb = TextEmbedding(F.normalize(self.text_global(out.report), dim=-1))
+        if self.uses_local and local is not False:
+            emb.words = F.normalize(self.text_local(out.words, out.word_mask), dim=-1)
+            emb.word_mask = out.word_mask
+        return emb

@@ -13,13 +13,11 @@ Embeddings are L2-normalised after the heads. The temporal loss uses the global 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from einops import rearrange
 
 from medst.config import Config, LossConfig
@@ -27,7 +25,7 @@ from medst.losses.contrastive import global_alignment_loss
 from medst.losses.local import weight_stats
 from medst.losses.temporal import fmc_loss, rmr_loss
 from medst.models.build import build_text_encoder, build_vision
-from medst.models.heads import AlignedTowers
+from medst.models.heads import AlignedTowers, TrainingOutput
 from medst.models.pretrained import init_heads
 from medst.models.text import load_tokenizer
 from medst.models.weights import load_weights
@@ -37,31 +35,7 @@ from medst.models.weights import load_weights
 # names, so that importing medst.neighbours.mpma first (which imports medst.models on its way) works as well.
 from medst.neighbours import mpma as _mpma
 
-
-@dataclass
-class ImageEmbedding:
-    """global_: [B,d] unit vectors; patches: [B,P,d] unit vectors (zero where masked); patch_mask: [B,P] bool."""
-
-    global_: torch.Tensor
-    patches: torch.Tensor | None = None
-    patch_mask: torch.Tensor | None = None
-
-
-@dataclass
-class TextEmbedding:
-    """global_: [B,d] unit vectors; words: [B,W,d] unit vectors (zero where masked); word_mask: [B,W] bool."""
-
-    global_: torch.Tensor
-    words: torch.Tensor | None = None
-    word_mask: torch.Tensor | None = None
-
-
-@dataclass
-class MedSTOutput:
-    """The weighted total loss and each term (detached) for logging."""
-
-    loss: torch.Tensor
-    terms: dict[str, torch.Tensor]
+MedSTOutput = TrainingOutput  # the loss and its terms (medst.models.heads)
 
 
 class MedST(AlignedTowers):
@@ -86,34 +60,7 @@ class MedST(AlignedTowers):
         loss = loss or LossConfig()
         super().__init__(vision, text, embed_dim, head_hidden, loss)
 
-    # -- inference ----------------------------------------------------------------------------------
-    def encode_image(
-        self,
-        frontal: torch.Tensor,
-        lateral: torch.Tensor | None = None,
-        has_lateral: torch.Tensor | None = None,
-        local: bool | None = None,
-        compact: bool | None = None,
-    ) -> ImageEmbedding:
-        """frontal [B,3,H,W] (+ lateral, compact or full, and has_lateral [B]) -> normalised embeddings.
-        ``compact=True``: the laterals are compact even with B rows (see :meth:`MoVE.forward`)."""
-        out = self.vision(frontal, lateral, has_lateral, compact=compact)
-        emb = ImageEmbedding(F.normalize(self.image_global(out.cls), dim=-1))
-        if self.uses_local and local is not False:
-            emb.patches = F.normalize(self.image_local(out.patches, out.patch_mask), dim=-1)
-            emb.patch_mask = out.patch_mask
-        return emb
-
-    def encode_text(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, local: bool | None = None
-    ) -> TextEmbedding:
-        """input_ids, attention_mask [B,T] -> normalised report and word embeddings."""
-        out = self.text(input_ids, attention_mask)
-        emb = TextEmbedding(F.normalize(self.text_global(out.report), dim=-1))
-        if self.uses_local and local is not False:
-            emb.words = F.normalize(self.text_local(out.words, out.word_mask), dim=-1)
-            emb.word_mask = out.word_mask
-        return emb
+    # inference (encode_image, encode_text): medst.models.heads.AlignedTowers
 
     # -- training -----------------------------------------------------------------------------------
     def forward(self, batch) -> MedSTOutput:

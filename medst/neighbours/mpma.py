@@ -72,7 +72,7 @@ from torch import Tensor
 from medst.config import Config, LossConfig, MPMAConfig
 from medst.losses.contrastive import global_alignment_loss
 from medst.models.build import build_text_encoder, build_vision
-from medst.models.heads import AlignedTowers
+from medst.models.heads import AlignedTowers, TrainingOutput
 from medst.models.pretrained import init_heads
 
 __all__ = [
@@ -379,30 +379,7 @@ class MLMHead(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------
-@dataclass
-class ImageEmbedding:
-    """As :class:`medst.models.medst.ImageEmbedding`: global_ [B,d]; patches [B,N,d]; patch_mask [B,N] bool."""
-
-    global_: Tensor
-    patches: Tensor | None = None
-    patch_mask: Tensor | None = None
-
-
-@dataclass
-class TextEmbedding:
-    """As :class:`medst.models.medst.TextEmbedding`: global_ [B,d]; words [B,W,d]; word_mask [B,W] bool."""
-
-    global_: Tensor
-    words: Tensor | None = None
-    word_mask: Tensor | None = None
-
-
-@dataclass
-class MPMAOutput:
-    """The weighted total loss and each term (detached) for logging, as :class:`medst.models.medst.MedSTOutput`."""
-
-    loss: Tensor
-    terms: dict[str, Tensor]
+MPMAOutput = TrainingOutput  # the loss and its terms, as Med-ST's (medst.models.heads)
 
 
 @dataclass
@@ -473,32 +450,11 @@ class MPMA(AlignedTowers):
         )
         self.mlm_head = MLMHead(dim, int(text.model.config.vocab_size))
 
-    # -- inference (the unmasked pair) --------------------------------------------------------------
-    def encode_image(
-        self,
-        frontal: Tensor,
-        lateral: Tensor | None = None,
-        has_lateral: Tensor | None = None,
-        local: bool | None = None,
-        compact: bool | None = None,
-    ) -> ImageEmbedding:
-        """frontal [B,3,H,W] -> normalised global and patch embeddings; ``lateral``, ``has_lateral`` and
-        ``compact`` are accepted for Med-ST's interface and ignored (MPMA reads one view)."""
-        out = self.vision(frontal)
-        emb = ImageEmbedding(F.normalize(self.image_global(out.cls), dim=-1))
-        if self.uses_local and local is not False:
-            emb.patches = F.normalize(self.image_local(out.patches, out.patch_mask), dim=-1)
-            emb.patch_mask = out.patch_mask
-        return emb
-
-    def encode_text(self, input_ids: Tensor, attention_mask: Tensor, local: bool | None = None) -> TextEmbedding:
-        """input_ids, attention_mask [B,T] -> normalised report and word embeddings (as Med-ST's)."""
-        out = self.text(input_ids, attention_mask)
-        emb = TextEmbedding(F.normalize(self.text_global(out.report), dim=-1))
-        if self.uses_local and local is not False:
-            emb.words = F.normalize(self.text_local(out.words, out.word_mask), dim=-1)
-            emb.word_mask = out.word_mask
-        return emb
+    # -- inference (the unmasked pair; encode_image, encode_text: medst.models.heads.AlignedTowers) ------
+    def image_tokens(self, frontal, lateral=None, has_lateral=None, compact=None):
+        """The frontal image only: ``lateral``, ``has_lateral`` and ``compact`` are accepted for Med-ST's
+        interface and ignored (MPMA reads one view)."""
+        return self.vision(frontal)
 
     # -- the masked pair ----------------------------------------------------------------------------
     def encode_visible(self, images: Tensor, keep: Tensor) -> Tensor:

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from medst.config import flatten, normalized
-from medst.models.weights import save_weights  # noqa: F401  (medst.train.loop writes the final weights with it)
 from medst.utils import atomic_write
 
 # Config keys that may differ between a checkpoint and the run resuming it.

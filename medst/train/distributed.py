@@ -33,9 +33,6 @@ class DistInfo:
         return self.world_size > 1
 
 
-is_enabled = is_distributed
-
-
 def init(device: torch.device) -> DistInfo:
     """Join the process group described by torchrun's environment variables (no-op for one process)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -51,13 +48,13 @@ def init(device: torch.device) -> DistInfo:
 
 
 def barrier() -> None:
-    if is_enabled():
+    if is_distributed():
         dist.barrier()
 
 
 def mean_across(values: torch.Tensor) -> torch.Tensor:
     """Average a (detached) tensor over processes, e.g. to log one loss for the whole run."""
-    if not is_enabled():
+    if not is_distributed():
         return values
     values = values.detach().clone()
     dist.all_reduce(values, op=dist.ReduceOp.SUM)

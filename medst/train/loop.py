@@ -42,17 +42,17 @@ from medst.data.dataset import loader_from_config
 from medst.models.build import build_tokenizer
 from medst.models.medst import build_model
 from medst.models.norm import convert_batchnorm
+from medst.models.weights import save_weights
 from medst.train import distributed
 from medst.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     rng_state,
     save_checkpoint,
-    save_weights,
     set_rng_state,
 )
 from medst.train.step import AmpPolicy, NonFiniteLoss, check_finite, optimizer_from_config, train_step
-from medst.utils import resolve_device, seed_everything
+from medst.utils import is_distributed, resolve_device, seed_everything
 
 METRIC_FIELDS = [
     "step",
@@ -416,8 +416,8 @@ def pretrain_main(args) -> None:
         rows = pretrain(cfg, args.data, args.out, device=args.device, resume=args.resume)
     except NonFiniteLoss as err:
         raise SystemExit(f"error: {err}") from None
-    if rows and (not distributed.is_enabled() or torch.distributed.get_rank() == 0):
+    if rows and (not is_distributed() or torch.distributed.get_rank() == 0):
         last = rows[-1]
         print(json.dumps({"step": last["step"], "loss": round(last["loss"], 4), "run": str(Path(args.out).resolve())}))
-    if distributed.is_enabled():
+    if is_distributed():
         torch.distributed.destroy_process_group()
