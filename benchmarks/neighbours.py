@@ -1,4 +1,5 @@
-"""Med-ST and its neighbour MPMA on the same phantom, with the same budget and the same evaluation (chapter 10).
+"""Med-ST and its neighbours MPMA and UniMedI on the same phantom, with the same budget and the same evaluation
+(chapters 10 and 11).
 
 Rows (each trained for every seed with the profile's configuration and the same --set overrides):
 
@@ -6,25 +7,37 @@ Rows (each trained for every seed with the profile's configuration and the same 
     global       image-report InfoNCE only, frontal view only (the ablation's "global", benchmarks/ablations.py)
     Med-ST       the full model: local alignment, MoVE (both views), temporal objective
     MPMA         paired masking, MA-CMF reconstruction and GLA (medst.neighbours.mpma), frontal view only
+    UniMedI      one ViT for radiographs and CT volumes, text-guided slice selection (medst.neighbours.unimedi),
+                 frontal view only; no local branch
+
+The phantom has CT volumes (``data.ct_fraction``: that share of its patients has one volume of one study, which
+shares the study's report). UniMedI trains on them beside the radiographs; the other rows never see a volume.
 
 Same budget: the same steps, batches (S sequences of L studies plus singles) and learning-rate schedule for every
-row; an MPMA step costs more than a Med-ST step (its towers run once on the pair and once on the masked pair).
+row; an MPMA step costs more than a Med-ST step (its towers run once on the pair and once on the masked pair), a
+UniMedI step also reads ``model.unimedi.volumes_per_batch`` volume-report pairs.
 Same evaluation: the ablation's target tasks (:func:`medst.ablation.ablation_metrics`: image->report recall@5,
-progression probe, temporal sentence AUC, lateral-only finding probe, pointing game) plus RSNA zero-shot AUC and
-the COVIDx linear probe at 100 % of the labels; models that read one view are scored on frontal views.
+progression probe, temporal sentence AUC, lateral-only finding probe, pointing game) plus RSNA zero-shot AUC, the
+COVIDx linear probe at 100 % of the labels and, on the CT volumes (:mod:`medst.eval.volumes`), the volume finding
+probe AUC and slice-selection precision@k; models that read one view are scored on frontal views, and models
+without a 3-D path read a volume as the mean slices of its slabs through their 2-D path. A model without a local
+branch (global, UniMedI) has no pointing game ("—").
 
-The committed table is the cpu profile's, with the committed ablation's budget (benchmarks/ablations/cpu):
+The committed table is the cpu profile's, with the committed ablation's budget (benchmarks/ablations/cpu), on a
+phantom where half of the patients have a CT volume:
 
-    python benchmarks/neighbours.py --profile cpu --seeds 0,1,2 --set train.steps=1200 --threads 1 \
-        --out benchmarks/neighbours
+    python benchmarks/neighbours.py --profile cpu --seeds 0,1,2 --set train.steps=1200 \
+        --set data.ct_fraction=0.5 --threads 1 --out benchmarks/neighbours
     python benchmarks/neighbours.py --dry-run          # the plan only: runs, overrides, folders; nothing trained
-    python benchmarks/neighbours.py --profile ci --seeds 0 --set train.steps=5 --out /tmp/neighbours-ci
+    python benchmarks/neighbours.py --profile ci --seeds 0 --set train.steps=5 --set data.ct_fraction=0.5 \
+        --out /tmp/neighbours-ci
 
 Writes under --out: comparison_runs.csv (one row per run), comparison.csv (mean and std over seeds) and
 comparison.md (the table, with the command). The runs and the phantom live under --work (default
 benchmarks/results/neighbours-<profile>, not tracked); running the script again reuses finished runs and their
-metrics (comparison_metrics.json in each run folder, kept with the evaluation options), so a stopped comparison
-continues where it was.
+metrics (comparison_metrics.json in each run folder, kept with the evaluation options and the list of metrics), so a
+stopped comparison continues where it was, and a run scored before a metric was added is scored again (its
+training is reused).
 """
 
 from __future__ import annotations
@@ -46,9 +59,12 @@ import torch
 from medst.ablation import VARIANTS, Variant, ablation_metrics, ablation_run_dir, frontal_only, summarise_ablation
 from medst.book.chapter import setup
 from medst.config import load_profile
+from medst.eval import TaskSkipped
 from medst.eval.embed import EvalModel, load_model
 from medst.eval.finetune import covidx
 from medst.eval.run import finite_only, write_results
+from medst.eval.tasks import missing_file
+from medst.eval.volumes import slice_selection, volume_finding_probe
 from medst.eval.zeroshot import rsna_zero_shot
 from medst.train.loop import pretrain
 
@@ -63,6 +79,12 @@ COMPARED = (
         lateral=False,
         note="paired masking, MA-CMF reconstruction, global and local alignment (one view)",
     ),
+    Variant(
+        "UniMedI",
+        ("model.method=unimedi",),
+        lateral=False,
+        note="radiographs and CT volumes in one ViT, text-guided slice selection (one view, no local branch)",
+    ),
 )
 ORDER = ("random init", *(v.name for v in COMPARED))
 BASELINE_ARCHITECTURE = "Med-ST"  # the random-init row is this variant's architecture, untrained
@@ -75,6 +97,8 @@ METRICS = {
     "grounding_acc": "pointing game acc.",
     "rsna_auc": "RSNA zero-shot AUC",
     "covidx_probe_acc": "COVIDx probe acc.",
+    "volume_auc": "CT volume probe AUC",
+    "slice_precision": "slice selection precision@k",
 }
 CHANCE = {
     "retrieval_r@5": "retrieval_chance@5",
@@ -84,6 +108,8 @@ CHANCE = {
     "grounding_acc": "grounding_chance",
     "rsna_auc": 0.5,
     "covidx_probe_acc": "covidx_majority",
+    "volume_auc": 0.5,
+    "slice_precision": "slice_chance",
 }
 METRICS_FILE = "comparison_metrics.json"  # in a run folder: its metrics with the options they were computed with
 RANDOM_METRICS_FILE = "comparison_random_metrics.json"  # the random-init row, in the baseline architecture's run
@@ -97,9 +123,12 @@ def comparison_metrics(
     seed: int,
     max_pairs: int | None,
     max_studies: int | None,
+    max_volumes: int | None = None,
 ) -> dict[str, float]:
-    """The ablation's target tasks (:func:`medst.ablation.ablation_metrics`) plus RSNA zero-shot and the COVIDx
-    linear probe on all training labels (no fine-tuning); ``lateral`` as the model was trained."""
+    """The ablation's target tasks (:func:`medst.ablation.ablation_metrics`) plus RSNA zero-shot, the COVIDx
+    linear probe on all training labels (no fine-tuning) and, when the phantom has CT volumes, the volume finding
+    probe and slice selection (:mod:`medst.eval.volumes`; ``max_volumes`` of them, None: all); ``lateral`` as
+    the model was trained."""
     root = Path(data_root)
     out = ablation_metrics(
         em, root, lateral=lateral, seed=seed, max_pairs=max_pairs, max_studies=max_studies, progress=False
@@ -107,6 +136,14 @@ def comparison_metrics(
     out["rsna_auc"] = rsna_zero_shot(em, root, progress=False)["auc"]
     probe = covidx(em, root, fractions=(1.0,), finetune=False, seed=seed, progress=False)
     out["covidx_probe_acc"], out["covidx_majority"] = probe["probe_acc@100%"], probe["majority"]
+    if missing_file(root, "volume-probe") is None:  # a phantom with CT volumes
+        try:
+            vol = volume_finding_probe(em, root, seed=seed, max_volumes=max_volumes, progress=False)
+            out["volume_auc"] = vol["auc"]
+        except TaskSkipped as why:
+            print(f"neighbours: no CT volume probe: {why}")
+        sel = slice_selection(em, root, max_volumes=max_volumes, seed=seed, progress=False)
+        out["slice_precision"], out["slice_chance"] = sel["precision@k"], sel["chance"]
     return finite_only(out, "neighbours")
 
 
@@ -151,6 +188,7 @@ def run_comparison(
     device: str = "auto",
     max_pairs: int | None = 2000,
     max_studies: int | None = 300,
+    max_volumes: int | None = None,
     random_baseline: bool = True,
 ) -> pd.DataFrame:
     """Train every row of :data:`COMPARED` for every seed on the profile's phantom and score it; one row per run
@@ -158,7 +196,7 @@ def run_comparison(
     work = Path(work)
     ctx = setup(profile, data_dir if data_dir is not None else work / "_data", 0, device, list(overrides))
     phantom, prepared = ctx.phantom_dir, ctx.prepared_dir
-    prepared_frontal = frontal_only(prepared, ctx.data_dir / f"prepared-{profile}-frontal")
+    prepared_frontal = frontal_only(prepared, ctx.data_dir / f"{prepared.name}-frontal")
 
     def score(run: Path, options: dict[str, Any], random_seed: int | None = None) -> dict[str, float]:
         random = random_seed is not None
@@ -174,17 +212,24 @@ def run_comparison(
             cfg = load_profile(profile, job["overrides"])
             print(f"training {job['variant']} seed {job['seed']} -> {run}", flush=True)
             pretrain(cfg, prepared if job["lateral"] else prepared_frontal, run, device=str(ctx.device), progress=False)
-        options = {"lateral": job["lateral"], "seed": job["seed"], "max_pairs": max_pairs, "max_studies": max_studies}
+        options = {
+            "lateral": job["lateral"],
+            "seed": job["seed"],
+            "max_pairs": max_pairs,
+            "max_studies": max_studies,
+            "max_volumes": max_volumes,
+        }
+        scored = {"metrics": list(METRICS), **options}  # a metric added since: scored again, training reused
         metrics = cached(
             run / METRICS_FILE,
-            {"variant": job["variant"], **options},
+            {"variant": job["variant"], **scored},
             partial(score, run, options),
         )
         rows.append({"variant": job["variant"], "seed": job["seed"], **metrics})
         if random_baseline and job["variant"] == BASELINE_ARCHITECTURE:
             metrics = cached(
                 run / RANDOM_METRICS_FILE,
-                {"variant": "random init", "architecture": BASELINE_ARCHITECTURE, **options},
+                {"variant": "random init", "architecture": BASELINE_ARCHITECTURE, **scored},
                 partial(score, run, options, job["seed"]),
             )
             rows.append({"variant": "random init", "seed": job["seed"], **metrics})
@@ -251,6 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--max-pairs", type=int, default=2000, help="progression-probe pairs (default 2000)")
     parser.add_argument("--max-studies", type=int, default=300, help="studies for the lateral probe and pointing game")
+    parser.add_argument("--max-volumes", type=int, default=None, help="CT volumes for their probe and slice selection")
     parser.add_argument("--no-random-baseline", action="store_true", help="leave out the random-init rows")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="auto")
@@ -285,6 +331,7 @@ def main(argv: list[str] | None = None) -> None:
         device=args.device,
         max_pairs=args.max_pairs,
         max_studies=args.max_studies,
+        max_volumes=args.max_volumes,
         random_baseline=not args.no_random_baseline,
     )
     paths = write_comparison(table, args.out, command)

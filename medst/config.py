@@ -34,6 +34,8 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers
     use_cache: bool = True  # read the resized cache written by ``medst prepare``
     augment: bool = True  # random crops for training (False: centre crops, e.g. to compare runs exactly)
+    ct_fraction: float = 0.0  # share of phantom patients that also get one CT volume (``medst synth --ct-fraction``;
+    # the radiographs and reports do not change; chapter 11 and ``model.method: unimedi`` read the volumes)
 
     @property
     def cache_size(self) -> int:
@@ -94,13 +96,33 @@ class MPMAConfig:
 
 
 @dataclass
+class UniMedIConfig:
+    """UniMedI, the neighbour of chapter 11 (``model.method: unimedi``; :mod:`medst.neighbours.unimedi`).
+
+    One ViT reads radiographs (its 2-D patch embedding) and CT volumes (a 3-D patch embedding); both share the
+    [CLS] token, the transformer blocks and the final norm. The alignment terms reuse ``loss.global_*``;
+    ``loss.local_*`` and ``loss.temporal_*`` are not used."""
+
+    volume_patch: list[int] = field(default_factory=lambda: [2, 16, 16])  # voxels of a 3-D patch: slices, rows,
+    # columns; a slab = ``volume_patch[0]`` consecutive slices, the unit that slice selection picks
+    volume_slices: int = 32  # slices of a volume as the model reads it (the loader resamples other depths)
+    volumes_per_batch: int = 8  # CT volume-report pairs per step beside the radiograph batch (per process)
+    top_k: int = 2  # slabs the report selects per volume: their mean slices are the pseudo 2-D images
+    volume_weight: float = 1.0  # weight of the volume-report InfoNCE (3-D [CLS])
+    pseudo_weight: float = 1.0  # weight of the pseudo-pair InfoNCE (selected slices through the 2-D path)
+    selection_weight: float = 1.0  # weight of the slab-report alignment that trains the slice scorer (ours)
+    selection_temperature: float = 0.1  # temperature of the slab scores inside that alignment
+
+
+@dataclass
 class ModelConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     embed_dim: int = 128  # d: size of the joint embedding space
     head_hidden: int = 2048  # hidden width of the projection heads
-    method: str = "medst"  # "medst" (the book's model) or "mpma" (the neighbour of chapter 10)
+    method: str = "medst"  # "medst" (the book's model), "mpma" (chapter 10) or "unimedi" (chapter 11)
     mpma: MPMAConfig = field(default_factory=MPMAConfig)  # used when method is "mpma"
+    unimedi: UniMedIConfig = field(default_factory=UniMedIConfig)  # used when method is "unimedi"
 
 
 @dataclass
@@ -205,6 +227,7 @@ _SECTIONS = {
     (ModelConfig, "vision"): VisionConfig,
     (ModelConfig, "text"): TextConfig,
     (ModelConfig, "mpma"): MPMAConfig,
+    (ModelConfig, "unimedi"): UniMedIConfig,
 }
 
 

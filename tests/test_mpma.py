@@ -269,7 +269,7 @@ def test_comparison_script_plan_and_table(tmp_path, capsys):
     script = _neighbours_script()
     script.main(["--dry-run", "--profile", "ci", "--seeds", "0,1", "--set", "train.steps=5", "--work", str(tmp_path)])
     out = capsys.readouterr().out
-    assert out.count("-> ") == 6 and "model.method=mpma" in out and "loss.local_weight=0" in out
+    assert out.count("-> ") == 8 and "model.method=mpma" in out and "loss.local_weight=0" in out
     assert not (tmp_path / "runs").exists()
 
     rows = []

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 import medst.book.chapter
 from medst.config import load_profile
+from medst.data.ct import CT_TABLE
 from medst.eval import TaskSkipped
 from medst.eval.embed import EvalModel, load_model
 from medst.eval.finetune import lateral_finding_probe
@@ -92,7 +93,8 @@ RANDOM_METRICS_FILE = "random_metrics.json"  # the random-init row, in the last 
 def frontal_only(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """A copy of a prepared folder whose studies have no lateral view (training "without MoVE").
 
-    Tables are copied with the lateral columns emptied; the image cache is linked (or copied), not rewritten.
+    Tables are copied with the lateral columns emptied (the CT index, if any, as it is); the image cache is linked
+    (or copied), not rewritten.
     """
     src, out = Path(prepared_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,7 @@ def frontal_only(prepared_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     studies["lateral"], studies["lateral_view"], studies["lateral_cache"] = "", "", -1
     studies.to_csv(out / "studies.csv", index=False)
     info = json.loads((src / "prepare.json").read_text())
-    for name in ("sequences.csv", "summary.json", "skipped.csv"):
+    for name in ("sequences.csv", "summary.json", "skipped.csv", CT_TABLE):
         if (src / name).exists():
             (out / name).write_bytes((src / name).read_bytes())
     (out / "prepare.json").write_text(json.dumps({**info, "lateral_removed": True}, indent=2))

@@ -88,13 +88,25 @@ class Chapter:
     @property
     def phantom_dir(self) -> Path:
         """The phantom of this profile (``medst synth``), generated on first use."""
-        folder = self.data_dir / f"phantom-{self.profile}"
+        folder = self.data_dir / f"phantom-{self.profile}{self._ct_suffix}"
         args = {"patients": self.cfg.data.patients, "image_size": self.cfg.data.phantom_size, "seed": self.seed}
+        ct = float(self.cfg.data.ct_fraction)
+        if ct > 0:
+            args["ct_fraction"] = ct
         if not _stamped(folder, args):
             shutil.rmtree(folder, ignore_errors=True)
-            synthesize(folder, n_patients=args["patients"], image_size=args["image_size"], seed=self.seed)
+            synthesize(
+                folder, n_patients=args["patients"], image_size=args["image_size"], seed=self.seed, ct_fraction=ct
+            )
             _stamp(folder, args)
         return folder
+
+    @property
+    def _ct_suffix(self) -> str:
+        """ "" without CT volumes; "-ct50" for ``data.ct_fraction`` 0.5 (a phantom with CT lives in its own folder,
+        so chapters with and without CT do not remake each other's data)."""
+        ct = float(self.cfg.data.ct_fraction)
+        return f"-ct{round(100 * ct)}" if ct > 0 else ""
 
     @property
     def mimic_root(self) -> Path:
@@ -105,7 +117,7 @@ class Chapter:
     def prepared_dir(self) -> Path:
         """The pre-training index (``medst prepare``) with its resized image cache, made on first use."""
         root = self.mimic_root
-        folder = self.data_dir / f"prepared-{self.profile}"
+        folder = self.data_dir / f"prepared-{self.profile}{self._ct_suffix}"
         args = {
             "mimic_root": str(root.resolve()),
             "cache_size": self.cfg.data.cache_size,

@@ -3,8 +3,8 @@
 Each :class:`Task` says how to run it on a model and a data root, which files (relative to the data root) it
 needs, whether ``--task all`` includes it, and what it measures. Everything else derives from the table:
 :func:`parse_tasks` (``--task``), :func:`missing_file` (a task whose files are absent is skipped) and
-:func:`task_help` (the ``--task`` help). The two phantom probes, used by the ablations, need the phantom's
-``ground_truth/`` and run only when named.
+:func:`task_help` (the ``--task`` help). The phantom probes (the ablations' two, and chapter 11's CT volume probe
+and slice selection) need the phantom's ``ground_truth/`` and run only when named.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medst.data.studies import METADATA_NAME, SPLIT_NAME
-from medst.eval import TaskSkipped, finetune, grounding_task, retrieval, sentence, temporal, zeroshot
+from medst.eval import TaskSkipped, finetune, grounding_task, retrieval, sentence, temporal, volumes, zeroshot
 from medst.eval.embed import EvalModel
 
 __all__ = ["TASKS", "Task", "TaskOptions", "TaskSkipped", "missing_file", "parse_tasks", "task_help"]
@@ -47,6 +47,7 @@ class Task:
 
 _MIMIC = (f"mimic-cxr-jpg/{METADATA_NAME}", f"mimic-cxr-jpg/{SPLIT_NAME}")
 _REPORTS = "mimic-cxr-jpg/mimic-cxr-reports"
+_CT = ("mimic-cxr-jpg/ct/ct-metadata.csv", volumes.CT_SLICES)
 
 # Task functions are looked up on their modules when a task runs (so a test may replace one).
 TASKS: dict[str, Task] = {
@@ -109,6 +110,20 @@ TASKS: dict[str, Task] = {
             (_MIMIC[0], "ground_truth/studies.csv"),
             False,
             "(phantom) lateral-only findings, MoVE vs frontal (medst.eval.finetune.lateral_finding_probe)",
+        ),
+        Task(
+            "volume-probe",
+            lambda em, root, o: volumes.volume_finding_probe(em, root, seed=o.seed, progress=o.progress),
+            _CT,
+            False,
+            "(phantom) CT findings, linear probe on volume embeddings, AUC (medst.eval.volumes)",
+        ),
+        Task(
+            "slice-selection",
+            lambda em, root, o: volumes.slice_selection(em, root, seed=o.seed, progress=o.progress),
+            _CT,
+            False,
+            "(phantom) report-guided CT slab selection, precision@k vs chance (medst.eval.volumes)",
         ),
     )
 }

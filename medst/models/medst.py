@@ -30,10 +30,11 @@ from medst.models.pretrained import init_heads
 from medst.models.text import load_tokenizer
 from medst.models.weights import load_weights
 
-# The neighbour of chapter 10, for the dispatch below. medst.neighbours (layer 3, as this package) builds on this
-# package's towers and heads but never imports this module, so there is no cycle; the module is bound, not its
-# names, so that importing medst.neighbours.mpma first (which imports medst.models on its way) works as well.
+# The neighbours of chapters 10 and 11, for the dispatch below. medst.neighbours (layer 3, as this package) builds on
+# this package's towers and heads but never imports this module, so there is no cycle; the modules are bound, not
+# their names, so that importing a neighbour first (which imports medst.models on its way) works as well.
 from medst.neighbours import mpma as _mpma
+from medst.neighbours import unimedi as _unimedi
 
 MedSTOutput = TrainingOutput  # the loss and its terms (medst.models.heads)
 
@@ -142,18 +143,21 @@ def build_medst(cfg: Config, tokenizer, load_init: bool = True) -> MedST:
     return model
 
 
-METHODS = ("medst", "mpma")  # model.method: Med-ST, or the neighbour MPMA (chapter 10)
+METHODS = ("medst", "mpma", "unimedi")  # model.method: Med-ST, or the neighbours MPMA (chapter 10), UniMedI (11)
 
 
 def build_model(cfg: Config, tokenizer, load_init: bool = True) -> nn.Module:
     """The model of ``model.method``: :func:`build_medst` for ``medst``, :func:`medst.neighbours.mpma.build_mpma`
-    for ``mpma``. Both take the same arguments and give a module with ``forward(batch) -> .loss, .terms`` and the
-    embedding methods the evaluation uses; training, checkpoints and :func:`load_run` go through here."""
+    for ``mpma``, :func:`medst.neighbours.unimedi.build_unimedi` for ``unimedi``. All take the same arguments and
+    give a module with ``forward(batch) -> .loss, .terms`` and the embedding methods the evaluation uses; training,
+    checkpoints and :func:`load_run` go through here."""
     method = cfg.model.method
     if method == "medst":
         return build_medst(cfg, tokenizer, load_init)
     if method == "mpma":
         return _mpma.build_mpma(cfg, tokenizer, load_init)
+    if method == "unimedi":
+        return _unimedi.build_unimedi(cfg, tokenizer, load_init)
     raise ValueError(f"model.method must be one of {', '.join(METHODS)}, not {method!r}")
 
 

@@ -1,7 +1,8 @@
 """Pre-training: the loop behind ``medst pretrain`` and chapter 7 (Method §7).
 
 One step (:func:`medst.train.step.train_step`) = ``accumulation`` micro-batches, each a
-:class:`~medst.data.dataset.Batch` of S sequences of L studies followed by single studies; AdamW with a cosine
+:class:`~medst.data.dataset.Batch` of S sequences of L studies followed by single studies (for UniMedI, chapter 11,
+a :class:`~medst.data.volumes.PairedBatch`: such a batch plus CT volumes; :func:`loader_for`); AdamW with a cosine
 schedule after a linear warm-up (transformers' scheduler); bf16 autocast with ``train.precision=bf16``
 (:class:`~medst.train.step.AmpPolicy`); gradient clipping; a guard that stops on a non-finite loss and keeps the
 last good checkpoint. Several processes come from ``torchrun`` (DDP; NCCL on GPUs, gloo on CPUs): each keeps
@@ -39,6 +40,7 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from medst.config import Config, load_profile
 from medst.data.dataset import loader_from_config
+from medst.data.volumes import paired_loader_from_config
 from medst.models.build import build_tokenizer
 from medst.models.medst import build_model
 from medst.models.norm import convert_batchnorm
@@ -75,6 +77,9 @@ METRIC_FIELDS = [
     "patch_entropy",
     "mim",  # MPMA's reconstruction terms (chapter 10); empty for Med-ST
     "mlm",
+    "volume",  # UniMedI's 3-D terms (chapter 11); empty for the others
+    "pseudo",
+    "selection",
 ]
 
 
@@ -93,6 +98,35 @@ class _SkipFirst(Sampler):
         return max(len(self.batch_sampler) - self.skip, 0)
 
 
+def loader_for(
+    cfg: Config,
+    data_dir: str | Path,
+    tokenizer: Any,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+    progress: bool = False,
+) -> DataLoader:
+    """The training loader of ``cfg.model.method`` over the training split of the prepared folder ``data_dir``:
+    for ``unimedi`` radiograph batches with CT volumes (:func:`~medst.data.volumes.paired_loader_from_config`,
+    batches of :class:`~medst.data.volumes.PairedBatch`; chapter 11), otherwise the Med-ST batches of
+    :func:`~medst.data.dataset.loader_from_config`. Both give this process's share of each global batch
+    (``rank``, ``world_size``), laterals padded to ``train.group_bucket``; ``progress``: a bar while the volumes
+    are read."""
+    kwargs: dict[str, Any] = dict(
+        split="train",
+        train=True,
+        rank=rank,
+        world_size=world_size,
+        lateral_bucket=cfg.train.group_bucket,
+        pin_memory=pin_memory,
+    )
+    if cfg.model.method == "unimedi":
+        return paired_loader_from_config(cfg, data_dir, tokenizer, progress=progress, **kwargs)
+    return loader_from_config(cfg, data_dir, tokenizer, **kwargs)
+
+
 def _place(device: str | torch.device) -> tuple[torch.device, distributed.DistInfo]:
     """The device of this process and its place among the processes (with torchrun: its own GPU)."""
     dev = resolve_device(device)
@@ -106,11 +140,11 @@ class Trainer:
     """Trains a Med-ST model on the batches of a loader into a run folder; :meth:`fit` runs it to ``train.steps``.
 
     ``model`` (a :class:`~medst.models.medst.MedST`, its weights as built) and ``loader`` (a DataLoader of
-    :class:`~medst.data.dataset.Batch` whose batch sampler has ``set_epoch``, e.g. from
-    :func:`~medst.data.dataset.loader_from_config` with this process's ``rank`` and ``world_size``) are handed in;
-    the Trainer moves the model to the device, wraps it (DDP, ``torch.compile``), makes the optimiser and the
-    schedule, and each epoch draws the loader's batches through a resumable sampler. :meth:`from_config` builds
-    both from a profile and a prepared folder (``medst pretrain``, the chapters).
+    :class:`~medst.data.dataset.Batch`, or of :class:`~medst.data.volumes.PairedBatch` for UniMedI, whose batch
+    sampler has ``set_epoch``, e.g. from :func:`loader_for` with this process's ``rank`` and ``world_size``) are
+    handed in; the Trainer moves the model to the device, wraps it (DDP, ``torch.compile``), makes the optimiser
+    and the schedule, and each epoch draws the loader's batches through a resumable sampler. :meth:`from_config`
+    builds both from a profile and a prepared folder (``medst pretrain``, the chapters).
     """
 
     def __init__(
@@ -178,8 +212,8 @@ class Trainer:
         The tokenizer (``tokenizer``, else :func:`~medst.models.build.build_tokenizer`, made by the main process)
         is saved as ``run_dir/tokenizer`` and every process reads it from there; the model is built from
         ``train.seed`` (identical initial weights in every process) and the loader from
-        :func:`~medst.data.dataset.loader_from_config` (this process's share of each global batch, laterals padded
-        to ``train.group_bucket``, pinned memory on GPUs).
+        :func:`loader_for` (this process's share of each global batch, laterals padded to ``train.group_bucket``,
+        pinned memory on GPUs; radiographs with CT volumes for ``model.method: unimedi``).
         """
         dev, dist = _place(device)
         run_dir = Path(run_dir)
@@ -195,16 +229,14 @@ class Trainer:
 
         seed_everything(cfg.train.seed)  # identical initial weights in every process
         model = build_model(cfg, tokenizer)
-        loader = loader_from_config(
+        loader = loader_for(
             cfg,
             data_dir,
             tokenizer,
-            split="train",
-            train=True,
             rank=dist.rank,
             world_size=dist.world_size,
-            lateral_bucket=cfg.train.group_bucket,
             pin_memory=dev.type == "cuda",
+            progress=progress and dist.is_main,
         )
         return cls(cfg, model, loader, run_dir, device=dev, resume=resume, progress=progress)
 

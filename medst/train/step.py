@@ -25,6 +25,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from medst.config import Config
 from medst.data.dataset import Batch
+from medst.data.volumes import PairedBatch
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -122,8 +123,9 @@ def train_step(
 
     Args:
         model: the module trained (put in training mode; its parameters' gradients are clipped).
-        batch: one :class:`Batch` (``accumulation`` 1), or an iterable of them from which ``accumulation``
-            micro-batches are drawn one at a time (each is loaded just before its forward pass).
+        batch: one :class:`Batch` or :class:`~medst.data.volumes.PairedBatch` (``accumulation`` 1), or an
+            iterable of them from which ``accumulation`` micro-batches are drawn one at a time (each is loaded
+            just before its forward pass).
         optimizer, scheduler: stepped once each (``scheduler`` None: no schedule).
         amp: the forward passes' mixed precision (:meth:`AmpPolicy.from_config`).
         clip: maximum total gradient norm; 0 or None: no clipping (the norm is still measured).
@@ -134,7 +136,7 @@ def train_step(
     Returns:
         :class:`StepResult` (device tensors; the gradients are cleared, set to None).
     """
-    if isinstance(batch, Batch):
+    if isinstance(batch, (Batch, PairedBatch)):
         if accumulation != 1:
             raise ValueError(f"train_step: one Batch given for {accumulation} micro-batches; pass an iterator")
         batch = (batch,)
