@@ -63,7 +63,7 @@ def test_stub_is_reported_not_implemented(exercise, capsys):
 def test_every_chapter_has_exercises():
     for e in ALL:  # the checker's messages name the exercise as the book does
         assert e.checker.__doc__.startswith(f"Grade exercise {e.number}")
-    assert [key[:2] for key in EXERCISES] == [f"{n:02d}" for n in range(1, 11)]
+    assert [key[:2] for key in EXERCISES] == [f"{n:02d}" for n in range(1, 12)]
     for chapter in EXERCISES.values():
         assert 2 <= len(chapter) <= 3, [e.number for e in chapter]
         assert len({e.level for e in chapter}) >= 2, [e.level for e in chapter]  # not all of one level

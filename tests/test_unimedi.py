@@ -29,7 +29,7 @@ from medst.neighbours.unimedi import (
     slab_scores,
     slab_slices,
 )
-from medst.train.bench import synthetic_batch, synthetic_tokenizer
+from medst.train.bench import bench_model, synthetic_batch, synthetic_tokenizer
 from medst.train.step import AmpPolicy, train_step
 
 SLICES = 8  # a tiny volume: 8 slices of 64 x 64 (the ci image size) -> 4 slabs of 2 slices, 4 x 4 patches each
@@ -106,7 +106,7 @@ def test_a_radiograph_through_unimedi_is_the_2d_tower(cfg, tokenizer):
         image = model.encode_image(batch.frontal, batch.lateral, batch.has_lateral)
         expected = towers.encode_image(batch.frontal)
         assert torch.equal(image.global_, expected.global_) and image.patches is None
-        # a plain radiograph Batch (what `medst bench` feeds) -> the 2-D term only, the global InfoNCE of Method §4
+        # a plain radiograph Batch -> the 2-D term only, the global InfoNCE of Method §4
         out = model(batch)
         text = towers.encode_text(batch.input_ids, batch.attention_mask)
     assert set(out.terms) == {"global"}
@@ -368,3 +368,16 @@ def test_build_model_dispatches_on_unimedi_and_a_run_round_trips(cfg, tokenizer,
     fresh = _model(local, tokenizer, seed=9).eval()
     with torch.no_grad():
         assert not torch.equal(fresh.encode_volume(volumes).global_, mine.global_)
+
+
+def test_medst_bench_refuses_unimedi_rather_than_timing_half_a_step(cfg):
+    with pytest.raises(ValueError, match="CT volumes"):
+        bench_model(cfg, torch.device("cpu"), sequences=1, steps=1, warmup=0)
+
+
+def test_selection_ties_go_to_the_lower_slab():
+    slabs = F.normalize(torch.ones(3, 16, 4), dim=-1)  # every slab scores the same against any report
+    reports = F.normalize(torch.randn(3, 4), dim=-1)
+    assert select_slabs(slabs, reports, 2).tolist() == [[0, 1]] * 3
+    slabs[1, 9] *= 2  # one slab of volume 1 now scores highest; the rest stay tied
+    assert select_slabs(slabs, reports.abs(), 3)[1].tolist() == [9, 0, 1]

@@ -9,6 +9,7 @@ from medst.ablation.report import (
     COMPARISONS,
     ablation_markdown,
     ablation_verdicts,
+    compare_variants,
     plot_ablation,
     read_ablation,
     summarise_ablation,
@@ -32,6 +33,7 @@ from medst.ablation.runs import (
 )
 
 __all__ = [
+    "compare_variants",
     "ABLATION_METRICS",
     "ABLATION_METRICS_FILE",
     "CHANCE_METRICS",

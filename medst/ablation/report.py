@@ -167,3 +167,23 @@ def read_ablation(source: str | os.PathLike) -> pd.DataFrame:
     if unknown:
         raise ValueError(f"{source}: unknown variant(s) {sorted(unknown)}")
     return in_variant_order(table)
+
+
+def compare_variants(runs: pd.DataFrame, a: str, b: str, metric: str) -> str | None:
+    """One plain sentence comparing variant ``a`` with ``b`` on ``metric`` over the seeds of a per-run table
+    (columns ``variant`` and ``metric``): "0.412 vs 0.398: higher than b", "... lower than b" or "... no clear
+    difference from b". A difference counts when it is larger than twice its standard error (Welch: the two
+    variances over their seed counts). None when either variant has fewer than two finite values."""
+    if metric not in runs:
+        return None
+    x = pd.to_numeric(runs.loc[runs["variant"] == a, metric], errors="coerce").dropna().to_numpy(float)
+    y = pd.to_numeric(runs.loc[runs["variant"] == b, metric], errors="coerce").dropna().to_numpy(float)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    diff = x.mean() - y.mean()
+    se = math.sqrt(x.var(ddof=1) / len(x) + y.var(ddof=1) / len(y))
+    if diff > 2 * se:
+        return f"{x.mean():.3f} vs {y.mean():.3f}: higher than {b}"
+    if diff < -2 * se:
+        return f"{x.mean():.3f} vs {y.mean():.3f}: lower than {b}"
+    return f"{x.mean():.3f} vs {y.mean():.3f}: no clear difference from {b}"

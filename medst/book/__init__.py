@@ -14,7 +14,7 @@ Modules:
 * ``student.py``: ``python -m medst.book.student --src book --out DIR``, the students' edition (every solution
   replaced by its stub, outputs cleared);
 * ``stubs.py``: the stub of a solution (imports, signatures and docstrings kept, bodies replaced by a raise);
-* ``exercises/``: the exercises of chapters 1-10, their checkers and solutions
+* ``exercises/``: the exercises of chapters 1-11, their checkers and solutions
   (``python -m medst.book.exercises append book/06_temporal.ipynb``);
 * ``grade.py``: ``medst grade``: a student's notebook (or a class's folder) executed in a child process with a
   time limit, one row of points per exercise.

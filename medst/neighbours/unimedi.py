@@ -34,8 +34,8 @@ several forms open; each choice below is ours, with its reason (the sizes can be
   depth table (one entry per slab), added together (factorised: fewer parameters than one table per 3-D position,
   and every slab shares the in-plane layout). Both are trunc-normal(0.02) like timm's position table. The [CLS]
   token keeps its 2-D position-0 embedding;
-* how the slices are scored: the paper ranks slices by attention tied to its report-aligned [CLS] token
-  ("attentive" selection); we score each slab directly with the report embedding: the mean of the slab's output
+* how the slices are scored: the paper describes an *attentive* slice selection guided by the text; we score each
+  slab directly with the report embedding: the mean of the slab's output
   tokens through ``slice_head`` (a Linear(D_v, d), ours), normalised, dotted with the normalised report embedding.
   The scores say which slabs the report speaks about, so selection can be checked against the phantom's ground
   truth slice by slice (chapter 11);
@@ -182,12 +182,13 @@ def slab_scores(slabs: Tensor, reports: Tensor) -> Tensor:
 def select_slabs(slabs: Tensor, reports: Tensor, k: int) -> Tensor:
     """Text-guided selection: the ``k`` slabs of each volume that best match its report, highest score first.
 
-    slabs [V, S, d], reports [V, d] -> LongTensor [V, k] of slab indices. Not differentiable (an index); the model
-    calls it under ``torch.no_grad()``."""
+    slabs [V, S, d], reports [V, d] -> LongTensor [V, k] of slab indices; equal scores: the lower slab first (a
+    stable sort: ``torch.topk`` has no fixed order for ties). Not differentiable (an index); the model calls it
+    under ``torch.no_grad()``."""
     scores = slab_scores(slabs, reports)
     if not 1 <= k <= scores.shape[1]:
         raise ValueError(f"{_WHERE}: cannot select {k} of {scores.shape[1]} slabs (model.unimedi.top_k)")
-    return scores.topk(k, dim=1, largest=True, sorted=True).indices
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
 
 
 def slab_slices(slab_index: int, slab: int) -> list[int]:

@@ -121,6 +121,11 @@ def bench_model(cfg: Config, device: torch.device, sequences: int, steps: int = 
     A step is pre-training's (:func:`~medst.train.step.train_step`: the profile's mixed precision, gradient
     clipping, AdamW) on one synthetic batch, without a schedule.
     """
+    if cfg.model.method == "unimedi":
+        raise ValueError(
+            "medst bench times Med-ST batches of radiographs; a UniMedI step also reads CT volumes, which the "
+            "synthetic batch does not have (time it with medst pretrain and the seconds column of metrics.csv)"
+        )
     seed_everything(0)
     tokenizer = synthetic_tokenizer(cfg.model.text.vocab_size)
     model = build_model(cfg, tokenizer).to(device)

@@ -1,4 +1,4 @@
-"""Exercises of chapters 1-10 and the checkers that grade them.
+"""Exercises of chapters 1-11 and the checkers that grade them.
 
 Each exercise (easy, medium or hard) asks the reader for one function: a piece of Med-ST with a twist the chapter
 did not show, a variant to measure, or a number to predict and compute. Its checker calls that function on inputs
@@ -14,7 +14,7 @@ Modules:
 
 * ``framework.py``: the grading framework (:class:`ExerciseError`, :class:`CheckResult`, ``Case``, ``Check``,
   ``run_check``) and :class:`Exercise`, one exercise as data;
-* ``ch01.py`` ... ``ch10.py``: per chapter, the checkers with their inputs and mistake models, and the exercise
+* ``ch01.py`` ... ``ch11.py``: per chapter, the checkers with their inputs and mistake models, and the exercise
   texts;
 * ``solutions/``: each solution as a real module (``solutions/ch06_rmr_mse.py``), exactly the notebook's solution
   cell; the student's stub is made from it (:mod:`medst.book.stubs`);
@@ -36,6 +36,7 @@ from medst.book.exercises.ch07 import check_guarded_step, check_logged_lr
 from medst.book.exercises.ch08 import check_best_threshold, check_shared_report_recall, check_zero_shot
 from medst.book.exercises.ch09 import check_flipped_verdicts, check_seeds_needed, check_verdict
 from medst.book.exercises.ch10 import check_masked_pixel_loss, check_whole_word_mask
+from medst.book.exercises.ch11 import check_selection_precision, check_volume_tokens
 from medst.book.exercises.framework import CheckResult, Exercise, ExerciseError
 from medst.book.exercises.registry import EXERCISES, find_exercise
 
@@ -70,6 +71,8 @@ __all__ = [
     "check_verdict",
     "check_flipped_verdicts",
     "check_seeds_needed",
+    "check_volume_tokens",
+    "check_selection_precision",
     "exercise_cells",
     "append_exercises",
     "is_exercise_cell",

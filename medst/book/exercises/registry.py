@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medst.book.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10
+from medst.book.exercises import ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11
 from medst.book.exercises.framework import Exercise
 
 # notebook stem -> its exercises, in the order the chapter ends with them
-CHAPTERS = (ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10)  # one module per chapter: CHAPTER, EXERCISES
+# one module per chapter: CHAPTER, EXERCISES
+CHAPTERS = (ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, ch10, ch11)
 EXERCISES: dict[str, list[Exercise]] = {
     module.CHAPTER: list(module.EXERCISES) for module in CHAPTERS if module.EXERCISES
 }
