@@ -35,6 +35,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -328,7 +329,18 @@ def selection_metrics(selected: torch.Tensor, truth: torch.Tensor, peaks: torch.
     }
 
 
-def slice_selection(
+class Selection(NamedTuple):
+    """What the reports selected (:func:`select_volumes`): ``selected`` LongTensor [V, k] (highest score first),
+    ``truth`` and ``peaks`` bool [V, S] (the slab covers a finding's slice / a finding's peak slice), and ``table``
+    the V volumes (:func:`volume_table` rows)."""
+
+    selected: torch.Tensor
+    truth: torch.Tensor
+    peaks: torch.Tensor
+    table: pd.DataFrame
+
+
+def select_volumes(
     em: EvalModel,
     data_root: str | os.PathLike,
     *,
@@ -336,14 +348,12 @@ def slice_selection(
     max_volumes: int | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, float]:
-    """Does the report select the slabs that show its findings? (text-guided slice selection, chapter 11)
-
-    For every volume with at least one finding (or a seeded subset of ``max_volumes``): scores = <report
-    embedding, slab embedding> ([V, S]; the report of the volume's study through ``encode_text``, the slabs of
-    :func:`embed_volumes`), the top ``k`` slabs (default ``model.unimedi.top_k``) selected as UniMedI selects them
-    in training (:func:`medst.neighbours.unimedi.select_slabs`), and scored by :func:`selection_metrics` against
-    the slabs that cover a finding's slice (:func:`slab_truth`).
+) -> Selection:
+    """Text-guided slice selection on every volume with at least one finding (or a seeded subset of
+    ``max_volumes``), with the truth to score it: scores = <report embedding, slab embedding> ([V, S]; the report of
+    the volume's study through ``encode_text``, the slabs of :func:`embed_volumes`), the top ``k`` slabs (default
+    ``model.unimedi.top_k``) selected as UniMedI selects them in training
+    (:func:`medst.neighbours.unimedi.select_slabs`), and the slabs that cover a finding's slice (:func:`slab_truth`).
     """
     table = volume_table(data_root)
     table = _subset(table[table["finding_slices"].map(len) > 0], max_volumes, seed)
@@ -357,5 +367,21 @@ def slice_selection(
         raise ValueError(f"slice_selection: {slabs.shape[1]} slab embeddings per volume, expected {depth // slab}")
     truth = np.stack([slab_truth(s, n, depth, slab) for s, n in zip(table["finding_slices"], table["slices"])])
     peaks = np.stack([slab_truth(p, n, depth, slab) for p, n in zip(table["peak_slices"], table["slices"])])
-    selected = select_slabs(slabs, reports, k)
-    return selection_metrics(selected, torch.from_numpy(truth), torch.from_numpy(peaks))
+    return Selection(select_slabs(slabs, reports, k), torch.from_numpy(truth), torch.from_numpy(peaks), table)
+
+
+def slice_selection(
+    em: EvalModel,
+    data_root: str | os.PathLike,
+    *,
+    k: int | None = None,
+    max_volumes: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Does the report select the slabs that show its findings? (text-guided slice selection, chapter 11)
+
+    The selection of :func:`select_volumes` scored by :func:`selection_metrics` against the slabs that cover a
+    finding's slice."""
+    sel = select_volumes(em, data_root, k=k, max_volumes=max_volumes, seed=seed, progress=progress)
+    return selection_metrics(sel.selected, sel.truth, sel.peaks)
