@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from script_helpers import benchmark_script
 
 import medst.eval.volumes as ev
 from medst.config import load_profile
@@ -289,14 +290,7 @@ def test_the_volume_tasks_are_phantom_probes_not_in_all(phantom, tmp_path):
 # The comparison script's UniMedI row and CT columns
 # ---------------------------------------------------------------------------------------------------------
 def _neighbours_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "neighbours.py"
-    spec = importlib.util.spec_from_file_location("neighbours_benchmark_ct", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("neighbours")
 
 
 def test_comparison_script_lists_unimedi_and_tabulates_the_ct_metrics(tmp_path, capsys):

@@ -10,6 +10,7 @@ import time
 import pandas as pd
 import pytest
 import torch
+from script_helpers import benchmark_script
 
 from medst.config import load_profile
 from medst.data.dataset import StudyDataset, collator_from_config
@@ -253,14 +254,7 @@ def test_pretrain_command_takes_method_mpma_on_the_cpu_profile(prepared_dir, tmp
 
 
 def _neighbours_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "neighbours.py"
-    spec = importlib.util.spec_from_file_location("neighbours_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("neighbours")
 
 
 def test_comparison_script_plan_and_table(tmp_path, capsys):

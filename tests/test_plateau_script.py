@@ -1,19 +1,14 @@
 """benchmarks/plateau.py: one run judged by its global-loss curve and by validation (never test) retrieval."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
+from script_helpers import benchmark_script
 
 
 def _script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "plateau.py"
-    spec = importlib.util.spec_from_file_location("plateau_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark_script("plateau")
 
 
 def test_dry_run_names_the_configuration_and_trains_nothing(tmp_path, capsys):

@@ -44,8 +44,25 @@ from medst.data.transforms import ImageTransform, normalise
 # ---------------------------------------------------------------------------------------------------------
 # Batch
 # ---------------------------------------------------------------------------------------------------------
+class TensorFields:
+    """``to(device)`` and ``pin_memory()`` for a dataclass of tensors: applied to every ``Tensor`` field, the other
+    fields (ids, texts, counts) kept as they are. Shared by :class:`Batch` and the CT batches of chapter 11."""
+
+    def _map(self, fn):
+        tensors = {f.name: fn(v) for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
+        return dataclasses.replace(self, **tensors)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False):
+        """The batch with every tensor on ``device``."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self):
+        """The batch in page-locked memory (called by ``DataLoader(pin_memory=True)``)."""
+        return self._map(lambda t: t.pin_memory())
+
+
 @dataclass
-class Batch:
+class Batch(TensorFields):
     """One Med-ST batch. The first ``num_sequences * sequence_length`` studies are S whole sequences, each L
     consecutive studies of one patient in time order; the remaining studies are singles."""
 
@@ -66,16 +83,6 @@ class Batch:
         """B, the number of studies."""
         return int(self.frontal.shape[0])
 
-    def _map(self, fn) -> Batch:
-        return Batch(
-            **{
-                f.name: fn(getattr(self, f.name))
-                if isinstance(getattr(self, f.name), Tensor)
-                else getattr(self, f.name)
-                for f in fields(self)
-            }
-        )
-
     def pad_laterals(self, bucket: int) -> Batch:
         """The batch with zero rows appended to ``lateral`` up to a multiple of ``bucket`` (at most B rows), so
         that the lateral group of MoVE takes few sizes (``MoVE.group_bucket``, static shapes for
@@ -86,14 +93,6 @@ class Batch:
             return self
         pad = self.lateral.new_zeros((target - rows, *self.lateral.shape[1:]))
         return dataclasses.replace(self, lateral=torch.cat([self.lateral, pad]))
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
-        """The batch with every tensor on ``device``."""
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> Batch:
-        """The batch in page-locked memory (called by ``DataLoader(pin_memory=True)``)."""
-        return self._map(lambda t: t.pin_memory())
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from medst.config import Config
 from medst.data.ct import CT_TABLE
-from medst.data.dataset import Batch, loader_from_config
+from medst.data.dataset import Batch, TensorFields, loader_from_config
 from medst.data.transforms import MEAN, STD
 
 HU_WINDOW = (-1000.0, 400.0)  # HU mapped to 0 and 1 (air ... beyond soft tissue); values outside are clipped
@@ -66,7 +66,7 @@ def slab_images(volumes: Tensor, slab: int) -> Tensor:
 
 
 @dataclass
-class VolumeBatch:
+class VolumeBatch(TensorFields):
     """V CT volumes and the reports of their studies."""
 
     volumes: Tensor  # [V, 1, D, H, W] float, normalised (see the module docstring)
@@ -80,22 +80,6 @@ class VolumeBatch:
     def size(self) -> int:
         """V, the number of volumes."""
         return int(self.volumes.shape[0])
-
-    def _map(self, fn) -> VolumeBatch:
-        return VolumeBatch(
-            **{
-                f.name: fn(getattr(self, f.name))
-                if isinstance(getattr(self, f.name), Tensor)
-                else getattr(self, f.name)
-                for f in fields(self)
-            }
-        )
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> VolumeBatch:
-        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
-
-    def pin_memory(self) -> VolumeBatch:
-        return self._map(lambda t: t.pin_memory())
 
 
 @dataclass
