@@ -56,7 +56,8 @@ def test_stub_is_reported_not_implemented(exercise, capsys):
     solution = define(exercise.solution_code, exercise.function)
     assert inspect.signature(stub) == inspect.signature(solution)
     assert stub.__doc__ == solution.__doc__
-    assert exercise.checker(stub).passed is False
+    result = exercise.checker(stub)
+    assert result.passed is False and not result
     assert "not implemented yet" in capsys.readouterr().out
 
 
@@ -73,9 +74,21 @@ def test_every_chapter_has_exercises():
         assert "NotImplementedError" in e.stub_code and "NotImplementedError" not in e.solution_code
 
 
+@pytest.mark.parametrize("exercise", ALL, ids=IDS)
+def test_check_cell_runs_on_the_solution_cell(exercise, capsys):
+    """The notebook's two cells as they are: the solution cell defines the function, the check cell imports its
+    checker from medst.book.exercises and passes it."""
+    namespace: dict = {}
+    exec(compile(exercise.solution_code, "<solution>", "exec"), namespace)
+    exec(compile(exercise.check_code, "<check>", "exec"), namespace)
+    assert "correct" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- wrong answers are rejected
-def test_not_a_function():
-    reject(ex.check_rmr_mse, torch.tensor(1.0), "pass the function itself")
+@pytest.mark.parametrize("exercise", ALL, ids=IDS)
+def test_not_a_function(exercise):
+    for not_a_function in (torch.tensor(1.0), 3.0):
+        reject(exercise.checker, not_a_function, "pass the function itself")
 
 
 # --------------------------------------------------------------------------- notebook cells

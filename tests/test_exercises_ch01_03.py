@@ -21,7 +21,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from exercise_helpers import define, mistake, reject, solution
+from exercise_helpers import mistake, reject, solution
 from PIL import Image
 
 from medst.book import exercises as ex
@@ -50,20 +50,6 @@ def test_chapters_1_to_3_have_two_or_three_exercises_of_every_level():
         assert e.checker.__doc__.startswith(f"Grade exercise {e.number}")
         assert e.solution_code.startswith("import torch") and e.solution[2:4] == e.chapter[:2]
         assert getattr(ex, e.checker.__name__) is e.checker  # exported by medst.book.exercises
-
-
-@pytest.mark.parametrize("exercise", MINE, ids=[e.key for e in MINE])
-def test_solution_passes(exercise, capsys):
-    assert exercise.checker(define(exercise.solution_code, exercise.function)).passed is True
-    assert exercise.checker(exercise.solution_function()).passed is True
-    assert f"\u2714 Exercise {exercise.number} ({exercise.title}): correct" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("exercise", MINE, ids=[e.key for e in MINE])
-def test_stub_is_not_implemented_yet(exercise, capsys):
-    result = exercise.checker(define(exercise.stub_code, exercise.function))
-    assert result.passed is False and not result
-    assert "not implemented yet" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- 1.1 DICOM grey levels
