@@ -56,7 +56,15 @@ from typing import Any
 import pandas as pd
 import torch
 
-from medst.ablation import VARIANTS, Variant, ablation_metrics, ablation_run_dir, frontal_only, summarise_ablation
+from medst.ablation import (
+    VARIANTS,
+    Variant,
+    ablation_metrics,
+    ablation_run_dir,
+    frontal_only,
+    reusable_run,
+    summarise_ablation,
+)
 from medst.book.chapter import setup
 from medst.config import load_profile
 from medst.eval import TaskSkipped
@@ -206,10 +214,10 @@ def run_comparison(
     rows = []
     for job in plan(profile, seeds, work, overrides):
         run = job["run"]
-        if not (run / "model.safetensors").exists():
+        cfg = load_profile(profile, job["overrides"])
+        if not reusable_run(run, cfg):
             for stale in (METRICS_FILE, RANDOM_METRICS_FILE):
                 (run / stale).unlink(missing_ok=True)
-            cfg = load_profile(profile, job["overrides"])
             print(f"training {job['variant']} seed {job['seed']} -> {run}", flush=True)
             pretrain(cfg, prepared if job["lateral"] else prepared_frontal, run, device=str(ctx.device), progress=False)
         options = {

@@ -6,17 +6,23 @@ configuration on a phantom made with its own seed, so that the phantoms the targ
 the choice, and reports:
 
 * the global loss, averaged over windows of ``--window`` steps, beside 2 ln B;
-* image <-> report recall@5 on the phantom's **validation** split (never the test split), and what random picks
-  score.
+* image <-> report recall@5 on the phantom's **validation** split (never the test split), and what random init
+  scores;
+* for ``--variant full``, chapter 7's other two targets: the progression probe on the validation-split patients and
+  the temporal sentence AUC.
 
     python benchmarks/plateau.py --name base --variant global --steps 1200
     python benchmarks/plateau.py --name tau02 --variant global --steps 1200 --set loss.global_temperature=0.2
     python benchmarks/plateau.py --name full --variant full --steps 4000
     python benchmarks/plateau.py --name x --dry-run     # the configuration and folders only
 
+``--record benchmarks/plateau/runs.jsonl`` keeps the summary there too (chapter 7 reads that file).
+
 ``--variant global`` is the ablation's "global" row (frontal views only, no local or temporal term); ``full`` is the
-profile as it is. The training seed is the phantom's unless ``--set train.seed=N`` (as in the chapters). A finished
-run in ``--work/runs/NAME`` is reused. One JSON line goes to stdout.
+profile as it is (with ``--set loss.temporal_start=0`` the temporal term trains from the first step, as before the
+profile held it back). The training seed is the phantom's unless ``--set train.seed=N`` (as in the chapters). A finished
+run in ``--work/runs/NAME`` is reused if it was trained with the same configuration, else trained again. One JSON
+line goes to stdout.
 """
 
 from __future__ import annotations
@@ -30,14 +36,16 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from medst.ablation import frontal_only
+from medst.ablation import frontal_only, reusable_run
 from medst.book.chapter import setup
 from medst.config import load_profile
 from medst.eval.embed import load_model
 from medst.eval.retrieval import retrieval
+from medst.eval.run import evaluate
 from medst.train.loop import pretrain
 
 GLOBAL_ONLY = ("loss.local_weight=0", "loss.temporal_weight=0")
+PROBES = "temporal-text,progression-probe"  # scored for --variant full
 
 
 def plateau_run(
@@ -78,7 +86,7 @@ def plateau_run(
     if variant == "global":
         prepared = frontal_only(prepared, ctx.data_dir / f"{prepared.name}-frontal")
     start = time.perf_counter()
-    if not (run / "model.safetensors").exists():
+    if not reusable_run(run, cfg):  # a run of another configuration is trained again
         pretrain(cfg, prepared, run, device=str(ctx.device), progress=False)
     metrics = pd.read_csv(run / "metrics.csv")
     ends = range(window, int(metrics["step"].max()) + 1, window)
@@ -90,6 +98,10 @@ def plateau_run(
     for tag, em in (("", load_model(run, ctx.device)), ("random_", load_model(run, ctx.device, random_init=True))):
         r = retrieval(em, root, progress=False, split="validate")
         out[f"{tag}val_i2t_r@5"], out[f"{tag}val_t2i_r@5"] = round(r["i2t_r@5"], 3), round(r["t2i_r@5"], 3)
+        if variant == "full":  # the other two targets of chapter 7, the probe on validation-split patients
+            e = evaluate(run, ctx.phantom_dir, PROBES, seed=0, progress=False, model=em, probe_splits=["validate"])
+            out[f"{tag}val_progression_acc"] = round(e["progression-probe"]["mean_acc"], 3)
+            out[f"{tag}sentence_auc"] = round(e["temporal-text"]["auc"], 3)
     out["seconds"] = round(time.perf_counter() - start)
     return out
 
@@ -106,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--dry-run", action="store_true", help="print the configuration and folder; train nothing")
+    parser.add_argument(
+        "--record", default=None, help="also keep the summary in this JSON-lines file (a line per --name, replaced)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -121,6 +136,19 @@ def main(argv: list[str] | None = None) -> None:
         dry_run=args.dry_run,
     )
     print(json.dumps(summary))
+    if args.record and not args.dry_run:
+        record(summary, args.record)
+
+
+def record(summary: dict, path: str | Path) -> None:
+    """Keep ``summary`` in the JSON-lines file ``path``: one line per run name, an earlier line of the name
+    replaced, the others kept in their order. The run folder's path (of this machine) is left out."""
+    summary = {k: v for k, v in summary.items() if k != "run"}
+    path = Path(path)
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+    lines = [x for x in lines if x["name"] != summary["name"]] + [summary]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
 
 
 if __name__ == "__main__":

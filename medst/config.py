@@ -140,6 +140,22 @@ class LossConfig:
     rmr: bool = True
     mask_words: bool = True  # False: published unmasked word side
     local_weighting: str = "detached"  # token weights ω: "learned" (published; collapses), "detached", "uniform"
+    # When λ3 joins (chapter 7): the temporal term is off for the first `temporal_start` of train.steps, then its
+    # weight rises linearly to λ3 over the next `temporal_ramp` (fractions; 0 and 0: on from the first step).
+    temporal_start: float = 0.0
+    temporal_ramp: float = 0.0
+
+    def temporal_factor(self, step: int, steps: int) -> float:
+        """The fraction of λ3 applied at optimiser step ``step`` (0-based) of ``steps``, in [0, 1]."""
+        if not (0.0 <= self.temporal_start <= 1.0 and 0.0 <= self.temporal_ramp <= 1.0):
+            raise ValueError(
+                f"loss.temporal_start ({self.temporal_start}) and loss.temporal_ramp ({self.temporal_ramp}) "
+                "are fractions of train.steps, between 0 and 1"
+            )
+        start, ramp = self.temporal_start * steps, self.temporal_ramp * steps
+        if step < start:
+            return 0.0
+        return 1.0 if ramp <= 0 else min(1.0, (step - start + 1) / ramp)
 
 
 @dataclass

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from medst.config import load_profile
 from medst.eval.finetune import read_covidx_split, subsample
 from medst.eval.retrieval import recall_at_k, retrieval_ranks
 from medst.eval.sentence import best_threshold_accuracy, cross_validated_threshold_accuracy
@@ -554,6 +555,7 @@ def test_run_ablation_caches_metrics(tmp_path, monkeypatch):
         trained.append(cfg)
         run.mkdir(parents=True, exist_ok=True)
         (run / "model.safetensors").write_text("weights")
+        (run / "config.json").write_text(cfg.to_json())  # as pretrain writes it
 
     def fake_load_model(run, device, random_init=False, seed=0):
         return SimpleNamespace(run=run, random_init=random_init)
@@ -590,6 +592,35 @@ def test_run_ablation_caches_metrics(tmp_path, monkeypatch):
     (run / "metrics.json").write_text('{"key": ')  # cut short: evaluated again
     ablate(max_studies=20, random_baseline=False)
     assert calls[4:] == [(False, 20)]
+    # the temporal term is off in this variant, so when it would join changes nothing: reused
+    ablate(max_studies=20, random_baseline=False, overrides=["loss.temporal_start=0.3"])
+    assert len(trained) == 1 and len(calls) == 5
+    # a run of another configuration (here: the profile changed since) is trained and evaluated again
+    ablate(max_studies=20, random_baseline=False, overrides=["loss.global_temperature=0.2"])
+    assert len(trained) == 2 and trained[1].loss.global_temperature == 0.2 and calls[5:] == [(False, 20)]
+    assert json.loads((run / "config.json").read_text())["loss"]["global_temperature"] == 0.2
+
+
+def test_run_differences_name_what_a_finished_run_learned_differently(tmp_path):
+    from medst.train.checkpoint import run_differences
+
+    cfg = load_profile("ci")
+    assert run_differences(tmp_path, cfg.to_dict()) == [f"{tmp_path / 'config.json'} is missing"]
+    (tmp_path / "config.json").write_text(cfg.to_json())
+    assert run_differences(tmp_path, cfg.to_dict()) == []
+    same = load_profile("ci", ["train.log_every=3", "train.checkpoint_every=7", "name=other"])
+    assert run_differences(tmp_path, same.to_dict()) == []  # bookkeeping only
+    longer = load_profile("ci", ["train.steps=999"])
+    assert run_differences(tmp_path, longer.to_dict()) == [f"train.steps: the run has {cfg.train.steps}, now 999"]
+    later = load_profile("ci", ["loss.temporal_start=0.3"])
+    assert run_differences(tmp_path, later.to_dict()) == ["loss.temporal_start: the run has 0.0, now 0.3"]
+    off = load_profile("ci", ["loss.temporal_weight=0"])
+    (tmp_path / "config.json").write_text(off.to_json())
+    off_later = load_profile("ci", ["loss.temporal_weight=0", "loss.temporal_start=0.3", "loss.temporal_ramp=0.1"])
+    assert run_differences(tmp_path, off_later.to_dict()) == []  # the term is off: its schedule changes nothing
+    mpma = load_profile("ci", ["model.method=mpma"])
+    (tmp_path / "config.json").write_text(mpma.to_json())
+    assert run_differences(tmp_path, mpma.override("loss.temporal_start=0.3").to_dict()) == []  # MPMA has none
 
 
 def test_ablation_table_round_trip(tmp_path):

@@ -39,3 +39,17 @@ def test_a_tiny_run_reports_its_curve_and_validation_retrieval(tmp_path):
         "tiny", variant="global", steps=4, profile="ci", phantom_seed=3, work=tmp_path, window=2
     )
     assert again["global_by_step"] == summary["global_by_step"]  # the finished run is reused
+    assert "val_progression_acc" not in summary  # scored for the full model only
+    full = _script().plateau_run(
+        "tiny-full", variant="full", steps=4, profile="ci", phantom_seed=3, work=tmp_path, window=2
+    )
+    for key in ("val_progression_acc", "random_val_progression_acc", "sentence_auc", "random_sentence_auc"):
+        assert 0.0 <= full[key] <= 1.0, key
+
+
+def test_record_keeps_one_line_per_run_name(tmp_path):
+    script, path = _script(), tmp_path / "plateau" / "runs.jsonl"
+    script.record({"name": "a", "x": 1}, path)
+    script.record({"name": "b", "x": 2}, path)
+    script.record({"name": "a", "x": 3, "run": "/tmp/runs/a"}, path)  # scored again: replaces its line
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [{"name": "b", "x": 2}, {"name": "a", "x": 3}]

@@ -238,6 +238,57 @@ def test_medst_terms_are_switchable_and_weighted(overrides, expected):
     assert all(p.grad is not None for n, p in model.named_parameters() if p.requires_grad and "out_proj" not in n)
 
 
+def test_temporal_factor_is_off_then_ramps_to_one():
+    c = load_profile("ci", ["loss.temporal_start=0.3", "loss.temporal_ramp=0.1"]).loss
+    factors = [c.temporal_factor(step, 100) for step in range(100)]
+    assert factors[:30] == [0.0] * 30
+    assert factors[30:40] == pytest.approx([(i + 1) / 10 for i in range(10)])
+    assert factors[40:] == [1.0] * 60
+    assert [load_profile("ci").loss.temporal_factor(s, 100) for s in (0, 99)] == [1.0, 1.0]  # default: always on
+    no_ramp = load_profile("ci", ["loss.temporal_start=0.5"]).loss
+    assert [no_ramp.temporal_factor(s, 10) for s in (4, 5)] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="temporal_start"):
+        load_profile("ci", ["loss.temporal_start=1.5"]).loss.temporal_factor(0, 10)
+
+
+def test_temporal_scale_zero_trains_as_without_the_temporal_term():
+    # the scale multiplies λ3 only: at 0 the loss and every gradient are those of the model without the term,
+    # while FMC and RMR are still computed and logged
+    cfg = load_profile("ci", EXACT)
+    off = load_profile("ci", [*EXACT, "loss.temporal_weight=0"])
+    tok = synthetic_tokenizer(cfg.model.text.vocab_size)
+    torch.manual_seed(0)
+    model = build_medst(cfg, tok)
+    torch.manual_seed(0)
+    without = build_medst(off, tok)
+    batch = synthetic_batch(cfg, 2, 3, model.text.tokenizer, torch.device("cpu"))
+    model.temporal_scale.fill_(0.0)
+    out, ref = model(batch), without(batch)
+    assert {"fmc", "rmr"} <= set(out.terms) and "fmc" not in ref.terms
+    torch.testing.assert_close(out.loss, ref.loss)
+    out.loss.backward()
+    ref.loss.backward()
+    grads = {n: p.grad for n, p in without.named_parameters() if p.grad is not None}
+    for n, p in model.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.grad, grads[n], msg=n)
+    model.temporal_scale.fill_(0.5)
+    half = model(batch)
+    torch.testing.assert_close(half.loss, ref.loss + 0.5 * cfg.loss.temporal_weight * half.terms["temporal"])
+    assert "temporal_scale" not in model.state_dict()  # set from the step, never saved
+
+
+def test_trainer_holds_the_temporal_term_back_until_its_start(prepared_dir, tmp_path):
+    cfg = load_profile("ci", ["train.steps=4", "train.checkpoint_every=100", "loss.temporal_start=0.5"])
+    rows = pretrain(cfg, prepared_dir, tmp_path / "run", device="cpu", progress=False)
+    c = cfg.loss
+    for i, row in enumerate(rows):
+        without = c.global_weight * row["global"] + c.local_weight * row["local"]
+        expected = without + (c.temporal_weight * row["temporal"] if i >= 2 else 0.0)
+        assert row["loss"] == pytest.approx(expected, rel=1e-5), f"step {i + 1}"
+        assert row["temporal"] != 0.0  # computed and logged even while held back
+
+
 def test_trainer_is_handed_its_model_and_loader(prepared_dir, tmp_path):
     cfg = load_profile("ci", ["train.steps=3", "train.checkpoint_every=100"])
     built = pretrain(cfg, prepared_dir, tmp_path / "built", device="cpu", progress=False)

@@ -28,6 +28,7 @@ from medst.ablation.runs import (
     frontal_only,
     in_variant_order,
     parse_variants,
+    reusable_run,
     run_ablation,
     variant_slug,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "ablation_markdown",
     "ablation_metrics",
     "ablation_run_dir",
+    "reusable_run",
     "ablation_verdicts",
     "frontal_only",
     "in_variant_order",

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import medst.book.chapter
-from medst.config import load_profile
+from medst.config import Config, load_profile
 from medst.data.ct import CT_TABLE
 from medst.eval import TaskSkipped
 from medst.eval.embed import EvalModel, load_model
@@ -32,6 +32,7 @@ from medst.eval.retrieval import retrieval
 from medst.eval.run import finite_only, write_results
 from medst.eval.sentence import temporal_sentence_similarity
 from medst.eval.temporal import progression_probe
+from medst.train.checkpoint import run_differences
 from medst.train.loop import pretrain
 
 
@@ -267,10 +268,10 @@ def run_ablation(
     jobs = [(v, s) for s in seeds for v in chosen]
     for variant, seed in tqdm(jobs, desc="ablation", disable=not progress):
         run = ablation_run_dir(out, variant.name, seed)
-        if not (run / "model.safetensors").exists():
+        cfg = load_profile(profile, [*overrides, *variant.overrides, f"train.seed={seed}"])
+        if not reusable_run(run, cfg):
             for stale in (ABLATION_METRICS_FILE, RANDOM_METRICS_FILE):  # metrics of an earlier model
                 (run / stale).unlink(missing_ok=True)
-            cfg = load_profile(profile, [*overrides, *variant.overrides, f"train.seed={seed}"])
             pretrain(
                 cfg, prepared if variant.lateral else prepared_frontal, run, device=str(ctx.device), progress=False
             )
@@ -294,6 +295,19 @@ def run_ablation(
             )
             rows.append({"variant": "random init", "seed": seed, **metrics})
     return in_variant_order(pd.DataFrame(rows))
+
+
+def reusable_run(run: Path, cfg: Config) -> bool:
+    """Whether ``run`` holds a finished run of ``cfg`` (:func:`medst.train.checkpoint.run_differences`); a
+    finished run of another configuration (e.g. trained before the profile changed) is named, with its
+    differences, and its folder cleared for a new run."""
+    if not (run / "model.safetensors").exists():
+        return False
+    diff = run_differences(run, cfg.to_dict())
+    if diff:
+        print(f"{run}: trained with another configuration, training again:\n  " + "\n  ".join(diff), flush=True)
+        shutil.rmtree(run)
+    return not diff
 
 
 def _cached_metrics(path: Path, key: dict[str, Any], compute: Callable[[], dict[str, float]]) -> dict[str, float]:

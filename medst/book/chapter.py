@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
-from medst.config import Config, load_profile, normalized
+from medst.config import Config, load_profile
 from medst.data.dataset import loader_from_config
 from medst.data.mimic import prepare
 from medst.models.build import build_tokenizer
 from medst.phantom import synthesize
+from medst.train.checkpoint import finished_run
 from medst.train.loop import Trainer
 from medst.train.shipped import install, shipped_model
 from medst.utils import resolve_device, seed_everything  # noqa: F401  (re-exported for the chapters)
@@ -50,17 +51,6 @@ def _stamped(folder: Path, args: dict[str, Any]) -> bool:
 
 def _stamp(folder: Path, args: dict[str, Any]) -> None:
     (folder / STAMP).write_text(json.dumps(args, sort_keys=True))
-
-
-def _finished_run(run: Path, cfg: Config) -> bool:
-    """True when ``run`` holds finished weights trained with exactly the configuration ``cfg``."""
-    config = run / "config.json"
-    if not ((run / "model.safetensors").exists() and config.exists()):
-        return False
-    try:  # keys added since the run was written count as their defaults
-        return normalized(json.loads(config.read_text())) == json.loads(cfg.to_json())
-    except ValueError:
-        return False
 
 
 def _clear_run(run: Path) -> None:
@@ -154,7 +144,7 @@ class Chapter:
         if max_steps is not None and max_steps < cfg.train.steps:
             cfg = cfg.override(f"train.steps={max_steps}", f"train.checkpoint_every={max(1, max_steps // 10)}")
         run = self.run_dir(name)
-        if not _finished_run(run, cfg):
+        if not finished_run(run, cfg.to_dict()):
             _clear_run(run)
             Trainer.from_config(
                 cfg,
@@ -177,9 +167,9 @@ class Chapter:
         run = self.run_dir("book")
         if retrain:
             _clear_run(run)
-        elif not _finished_run(run, self.cfg):
+        elif not finished_run(run, self.cfg.to_dict()):
             shipped = shipped_model(self.profile)
-            if shipped is not None and _finished_run(shipped, self.cfg):
+            if shipped is not None and finished_run(shipped, self.cfg.to_dict()):
                 if self._same_tokenizer(shipped / "tokenizer"):
                     _clear_run(run)
                     install(shipped, run)

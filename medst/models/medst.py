@@ -60,6 +60,9 @@ class MedST(AlignedTowers):
     ) -> None:
         loss = loss or LossConfig()
         super().__init__(vision, text, embed_dim, head_hidden, loss)
+        # λ3's share at the current step (LossConfig.temporal_factor, set by the Trainer before each step); a
+        # buffer, so that changing it neither waits for the device nor recompiles a compiled forward.
+        self.register_buffer("temporal_scale", torch.ones(()), persistent=False)
 
     # inference (encode_image, encode_text): medst.models.heads.AlignedTowers
 
@@ -95,7 +98,7 @@ class MedST(AlignedTowers):
             temporal = self.temporal_terms(img.global_, txt.global_, batch.num_sequences, batch.sequence_length)
             terms.update(temporal)
             terms["temporal"] = sum(temporal.values(), zero)
-            total = total + cfg.temporal_weight * terms["temporal"]
+            total = total + cfg.temporal_weight * self.temporal_scale * terms["temporal"]
 
         if dist.is_available() and dist.is_initialized() and batch.lateral.shape[0] == 0:
             # With several processes every parameter must take part in every step; a batch without any

@@ -73,6 +73,37 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     ]
 
 
+def run_differences(run_dir: Path, config: dict[str, Any]) -> list[str]:
+    """How a finished run (its ``config.json``) differs from ``config`` in what it learns; empty: the same run.
+
+    Every key counts, ``train.steps`` included, except the bookkeeping of :data:`RESUMABLE_KEYS`; the temporal
+    term's schedule (``loss.temporal_start``, ``loss.temporal_ramp``) counts only where ``config`` trains that term
+    (Med-ST with λ3 > 0 and FMC or RMR on). The book's runs (:meth:`medst.book.chapter.Chapter.variant_run`) and
+    the benchmarks that reuse finished runs (:func:`medst.ablation.runs.reusable_run`) train again where this is
+    not empty. A folder without ``config.json`` differs in everything."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return [f"{path} is missing"]
+    saved, current = flatten(normalized(json.loads(path.read_text()))), flatten(normalized(config))
+    cfg = normalized(config)
+    loss = cfg["loss"]
+    ignored = RESUMABLE_KEYS - {"train.steps"}
+    temporal = cfg["model"]["method"] == "medst" and loss["temporal_weight"] > 0 and (loss["fmc"] or loss["rmr"])
+    if not temporal:  # no temporal term trained (MPMA and UniMedI have none)
+        ignored = ignored | {"loss.temporal_start", "loss.temporal_ramp"}
+    return [
+        f"{k}: the run has {saved.get(k)!r}, now {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if k not in ignored and saved.get(k) != current.get(k)
+    ]
+
+
+def finished_run(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether ``run_dir`` holds finished weights (``model.safetensors``) of a run of ``config``
+    (:func:`run_differences` finds no difference)."""
+    return (Path(run_dir) / "model.safetensors").exists() and not run_differences(run_dir, config)
+
+
 def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``checkpoints/step_XXXXXXX.pt`` atomically, point ``latest`` at it, keep the newest ``keep``."""
     folder = Path(run_dir) / "checkpoints"

@@ -310,6 +310,8 @@ class Trainer:
         "step", "epoch", "lr", "pairs"}``; :meth:`flush` reads the values of all pending steps at once.
         """
         t = self.cfg.train
+        if hasattr(self.model, "temporal_scale"):  # when λ3 joins (loss.temporal_start / temporal_ramp)
+            self.model.temporal_scale.fill_(self.cfg.loss.temporal_factor(self.step, t.steps))
         result = train_step(
             self.model,
             batches,
