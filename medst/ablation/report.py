@@ -25,6 +25,9 @@ COMPARISONS = (
     ("FMC", "+FMC", "+MoVE", "progression_acc"),
     ("RMR", "+RMR", "+MoVE", "progression_acc"),
     ("FMC + RMR", "Med-ST", "+MoVE", "progression_acc"),
+    # when the temporal term joins, judged on both targets it touches
+    ("temporal term held back (global)", "Med-ST", "Med-ST, temporal from step 0", "retrieval_r@5"),
+    ("temporal term held back (temporal)", "Med-ST", "Med-ST, temporal from step 0", "progression_acc"),
 )
 
 

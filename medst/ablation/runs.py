@@ -70,6 +70,13 @@ VARIANTS = (
     Variant("+FMC", ("loss.rmr=false",), lateral=True, note="+ temporal: forward mapping classification only"),
     Variant("+RMR", ("loss.fmc=false",), lateral=True, note="+ temporal: reverse mapping regression only"),
     Variant("Med-ST", (), lateral=True, note="+ temporal: FMC and RMR (the full model)"),
+    Variant(
+        "Med-ST, temporal from step 0",
+        ("loss.temporal_start=0", "loss.temporal_ramp=0"),
+        lateral=True,
+        note="the full model with the temporal term from the first step (as published), not once the global "
+        "alignment has formed",
+    ),
 )
 
 # metric -> (what is measured, which component it judges)
