@@ -60,16 +60,22 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys whose values differ between two config dicts (ignoring :data:`RESUMABLE_KEYS`).
+def config_differences(
+    saved: dict[str, Any],
+    current: dict[str, Any],
+    ignored: set[str] = RESUMABLE_KEYS,
+    labels: tuple[str, str] = ("checkpoint has", "this run has"),
+) -> list[str]:
+    """Keys whose values differ between two config dicts (ignoring ``ignored``, by default :data:`RESUMABLE_KEYS`),
+    each as ``"key: {labels[0]} saved, {labels[1]} current"``.
 
     A key the saved config lacks (written before the key existed) counts as its default value
     (:func:`medst.config.normalized`)."""
     a, b = flatten(normalized(saved)), flatten(current)
     return [
-        f"{k}: checkpoint has {a.get(k)!r}, this run has {b.get(k)!r}"
+        f"{k}: {labels[0]} {a.get(k)!r}, {labels[1]} {b.get(k)!r}"
         for k in sorted(set(a) | set(b))
-        if k not in RESUMABLE_KEYS and a.get(k) != b.get(k)
+        if k not in ignored and a.get(k) != b.get(k)
     ]
 
 
@@ -84,18 +90,13 @@ def run_differences(run_dir: Path, config: dict[str, Any]) -> list[str]:
     path = Path(run_dir) / "config.json"
     if not path.exists():
         return [f"{path} is missing"]
-    saved, current = flatten(normalized(json.loads(path.read_text()))), flatten(normalized(config))
     cfg = normalized(config)
     loss = cfg["loss"]
     ignored = RESUMABLE_KEYS - {"train.steps"}
     temporal = cfg["model"]["method"] == "medst" and loss["temporal_weight"] > 0 and (loss["fmc"] or loss["rmr"])
     if not temporal:  # no temporal term trained (MPMA and UniMedI have none)
         ignored = ignored | {"loss.temporal_start", "loss.temporal_ramp"}
-    return [
-        f"{k}: the run has {saved.get(k)!r}, now {current.get(k)!r}"
-        for k in sorted(set(saved) | set(current))
-        if k not in ignored and saved.get(k) != current.get(k)
-    ]
+    return config_differences(json.loads(path.read_text()), cfg, ignored, ("the run has", "now"))
 
 
 def finished_run(run_dir: Path, config: dict[str, Any]) -> bool:
